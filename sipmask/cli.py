@@ -1,0 +1,39 @@
+"""`sipmask <verb>`: a thin command line; each verb lives in `sipmask/commands/<verb>.py`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sipmask.errors import SipMaskError
+
+#: Verb modules under sipmask.commands, each exposing register(subparsers) and run(args) -> int.
+COMMANDS: tuple[str, ...] = ("configs",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sipmask", description="SipMask instance segmentation for images and video."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"sipmask.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SipMaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Typed configs and the named presets: one per official SipMask image config, plus `tiny` for CPU work."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sipmask.errors import ConfigError
+
+#: Caffe-style ImageNet mean in BGR order, 0-255 (official `img_norm_cfg`, std 1).
+CAFFE_MEAN_BGR = (102.9801, 115.9465, 122.7717)
+#: torchvision-style ImageNet mean / std in RGB order, 0-255.
+PYTORCH_MEAN_RGB = (123.675, 116.28, 103.53)
+PYTORCH_STD_RGB = (58.395, 57.12, 57.375)
+#: FCOS regress ranges per level P3..P7 (official head default; 1e8 stands for infinity).
+FCOS_REGRESS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, 1e8))
+#: FPN strides of P3..P7.
+FPN_STRIDES = (8, 16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    depth: int = 50  # 18, 34, 50, 101
+    style: str = "caffe"  # "caffe": stride 2 on the first 1x1 conv; "pytorch": on the 3x3 conv
+    frozen_stages: int = 1  # stem + layer1 frozen (official); -1 freezes nothing
+    norm_eval: bool = True  # BatchNorm statistics and affine parameters frozen (official)
+    bn_eps: float = 1e-5  # 0.0 reproduces SipMask-benchmark's FrozenBatchNorm (no eps)
+    frozen_bn_buffers: bool = False  # BM: BN statistics and affine terms are buffers, not parameters
+    dcn_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)
+    dcn_interval: int = 3  # SipMask++: DCN in the first block of a stage and every third block
+
+
+@dataclass(frozen=True)
+class NeckConfig:
+    out_channels: int = 256
+    num_outs: int = 5  # P3..P7
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    num_classes: int = 80  # foreground classes (the official num_classes minus background)
+    feat_channels: int = 256
+    stacked_convs: int = 4  # reg tower depth; the cls tower has S-1 convs + the aligned deformable conv
+    use_gn: bool = True
+    gn_groups: int = 32
+    strides: tuple[int, ...] = FPN_STRIDES
+    num_bases: int = 32  # basis masks (official)
+    grid: int = 2  # k: sub-regions per side of the Spatial Preservation module (official 2)
+    feature_align: bool = True  # deformable conv driven by the predicted distances
+    mask_rescoring: bool = False  # SipMask++ mask IoU re-scoring branch
+    tower_conv_bias: bool | None = None  # None: bias only without GN (MM); True: bias next to GN (BM)
+    relu_distances: bool = False  # BM: ReLU on the scaled distance prediction
+    align_conv_bias: bool = False  # BM: the aligned deformable conv has a bias
+    align_norm: bool | None = None  # None: GN after alignment iff use_gn (MM); True: always (BM)
+    coef_init_std: float = 0.001  # official MM init of the coefficient conv
+    align_offset_groups: int = 4  # deformable groups of the alignment conv (official)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    center_sample_radius: float = 1.5
+    regress_ranges: tuple[tuple[float, float], ...] = FCOS_REGRESS_RANGES
+    iou_loss: str = "iou"  # "iou" (-log IoU, official MM) or "giou"
+    box_plus_one: bool = True  # mmdet v1 convention: x2 = x + w - 1 and widths x2 - x1 + 1
+    box_loss_in_stride_units: bool = True  # MM divides decoded boxes by the stride (VIS does not)
+    mask_alignment_weighting: bool = True  # weight per-instance mask BCE by score x IoU (paper)
+    rescoring_weight: float = 10.0  # SipMask++ official weight of the mask-IoU loss
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    nms: str = "multiclass"  # "multiclass" (per-class NMS) or "fast" (YOLACT Fast NMS)
+    nms_pre: int = 1000  # candidates per level before NMS
+    score_thr: float = 0.05
+    threshold_on: str = "prob"  # "prob": raw class probability (HR); "score": prob x centerness (RT)
+    iou_thr: float = 0.5
+    max_per_img: int = 100
+    fast_nms_top_k: int = 200  # per-class candidates of Fast NMS (official hard-coded 200)
+    nms_plus_one: bool = True  # "+1" widths in the NMS IoU (official multiclass NMS)
+    sqrt_score: bool = False  # BM: score = sqrt(prob x centerness)
+    mask_thr: float = 0.4
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    channel_order: str = "bgr"  # order fed to the backbone
+    pixel_mean: tuple[float, float, float] = CAFFE_MEAN_BGR  # in channel_order, 0-255
+    pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    keep_ratio: bool = True  # test resize keeps the aspect ratio (HR) or stretches (RT)
+    test_scale: tuple[int, int] = (1333, 800)  # keep_ratio: (long, short) edge limits; else (w, h)
+    train_scales: tuple[tuple[int, int], ...] = ((1333, 800),)  # two entries: short-edge range
+    augment: str = "flip"  # "flip" (HR recipe) or "ssd" (photometric, expand, min-IoU crop, flip)
+    size_divisor: int = 32
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    paramwise: bool = True  # biases: lr x2 and no weight decay (official HR / VIS / BM)
+    warmup: str = "constant"  # "constant" or "linear"
+    warmup_iters: int = 500
+    warmup_ratio: float = 1.0 / 3.0
+    epochs: int = 12
+    lr_steps: tuple[int, ...] = (8, 11)  # epochs at which the lr is multiplied by 0.1
+    images_per_gpu: int = 4
+    repeat_dataset: int = 1  # RT "6x"/"10x": the dataset is repeated 3/5 times per epoch
+
+
+@dataclass(frozen=True)
+class SipMaskConfig:
+    name: str
+    description: str
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    source: str = "mm"  # official code base whose conventions the preset follows: mm, bm, vis, none
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SipMaskConfig":
+        """Inverse of to_dict (tuples restored), e.g. from a checkpoint's metadata."""
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in sections:
+                raise ConfigError(f"config: unknown section {key!r}")
+            sub_cls = _SECTION_CLASSES.get(key)
+            kwargs[key] = _build_section(sub_cls, value) if sub_cls else value
+        return cls(**kwargs)
+
+    def with_overrides(self, **overrides: Any) -> "SipMaskConfig":
+        """Return a copy with dotted or section-level overrides, e.g. head__grid=3 or num_classes=5."""
+        cfg = self
+        for key, value in overrides.items():
+            if key == "num_classes":
+                cfg = replace(cfg, head=replace(cfg.head, num_classes=int(value)))
+                continue
+            section, _, attr = key.partition("__")
+            if not attr:
+                raise ConfigError(f"override {key!r}: use SECTION__FIELD, e.g. head__grid=3")
+            sub = getattr(cfg, section, None)
+            if sub is None or not dataclasses.is_dataclass(sub) or attr not in {
+                f.name for f in dataclasses.fields(sub)
+            }:
+                raise ConfigError(f"override {key!r}: no field {attr!r} in section {section!r}")
+            cfg = replace(cfg, **{section: replace(sub, **{attr: value})})
+        _validate(cfg)
+        return cfg
+
+
+_SECTION_CLASSES = {
+    "backbone": BackboneConfig,
+    "neck": NeckConfig,
+    "head": HeadConfig,
+    "loss": LossConfig,
+    "test": TestConfig,
+    "input": InputConfig,
+    "train": TrainConfig,
+}
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def _build_section(sub_cls: type, value: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(sub_cls)}
+    unknown = set(value) - names
+    if unknown:
+        raise ConfigError(f"config section {sub_cls.__name__}: unknown fields {sorted(unknown)}")
+    return sub_cls(**{k: _as_tuple(v) for k, v in value.items()})
+
+
+def _validate(cfg: SipMaskConfig) -> None:
+    if cfg.head.grid < 1:
+        raise ConfigError(f"head.grid must be >= 1, got {cfg.head.grid}")
+    if cfg.head.num_classes < 1:
+        raise ConfigError(f"head.num_classes must be >= 1, got {cfg.head.num_classes}")
+    if cfg.backbone.depth not in (18, 34, 50, 101, 152):
+        raise ConfigError(f"backbone.depth must be 18, 34, 50, 101 or 152, got {cfg.backbone.depth}")
+    if cfg.test.nms not in ("multiclass", "fast"):
+        raise ConfigError(f"test.nms must be 'multiclass' or 'fast', got {cfg.test.nms!r}")
+    if cfg.loss.iou_loss not in ("iou", "giou"):
+        raise ConfigError(f"loss.iou_loss must be 'iou' or 'giou', got {cfg.loss.iou_loss!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------------------------
+
+_HR_TEST = TestConfig()  # 800x1333: per-class NMS, threshold on the raw probability
+_RT_TEST = TestConfig(nms="fast", score_thr=0.1, threshold_on="score", nms_plus_one=False)
+_HR_INPUT = InputConfig()
+_HR_MS_INPUT = InputConfig(train_scales=((1333, 800), (1333, 640)))
+#: Real-time recipe: SSD-style augmentation, train 576x576, test 544x544 (official configs).
+_RT_INPUT = InputConfig(
+    keep_ratio=False, test_scale=(544, 544), train_scales=((576, 576),), augment="ssd"
+)
+_RT_TRAIN = TrainConfig(paramwise=False, warmup="linear", epochs=24, lr_steps=(20, 23), images_per_gpu=8)
+
+
+def _mm_hr(name: str, desc: str, depth: int, ms: bool, epochs: int, steps: tuple[int, ...], ipg: int) -> SipMaskConfig:
+    return SipMaskConfig(
+        name=name,
+        description=desc,
+        backbone=BackboneConfig(depth=depth),
+        head=HeadConfig(stacked_convs=4, use_gn=True),
+        test=_HR_TEST,
+        input=_HR_MS_INPUT if ms else _HR_INPUT,
+        train=TrainConfig(epochs=epochs, lr_steps=steps, images_per_gpu=ipg),
+    )
+
+
+def _mm_rt(name: str, desc: str, depth: int, gn: bool, repeat: int, plus_plus: bool = False) -> SipMaskConfig:
+    return SipMaskConfig(
+        name=name,
+        description=desc,
+        backbone=BackboneConfig(
+            depth=depth, dcn_stages=(False, True, True, True) if plus_plus else (False,) * 4
+        ),
+        head=HeadConfig(stacked_convs=2, use_gn=gn, mask_rescoring=plus_plus),
+        test=_RT_TEST,
+        input=_RT_INPUT,
+        train=replace(_RT_TRAIN, repeat_dataset=repeat),
+    )
+
+
+def _bm(name: str, desc: str, depth: int, ms: bool, iters_steps: tuple[int, ...], epochs: int) -> SipMaskConfig:
+    return SipMaskConfig(
+        name=name,
+        description=desc,
+        source="bm",
+        backbone=BackboneConfig(depth=depth, bn_eps=0.0, frozen_bn_buffers=True),
+        head=HeadConfig(
+            tower_conv_bias=True,
+            relu_distances=True,
+            align_conv_bias=True,
+            align_norm=True,
+            coef_init_std=0.01,
+        ),
+        loss=LossConfig(iou_loss="giou"),
+        test=TestConfig(iou_thr=0.6, sqrt_score=True),
+        input=_HR_MS_INPUT if ms else _HR_INPUT,
+        train=TrainConfig(epochs=epochs, lr_steps=iters_steps),
+    )
+
+
+def _tiny() -> SipMaskConfig:
+    """ResNet-18 at about 320 px with slim FPN/head: trains from scratch on the CPU in minutes."""
+    return SipMaskConfig(
+        name="tiny",
+        description="ResNet-18 pytorch-style, 128-ch FPN/head, about 320 px: CPU training and tests",
+        source="none",
+        backbone=BackboneConfig(depth=18, style="pytorch", frozen_stages=-1, norm_eval=False),
+        neck=NeckConfig(out_channels=128),
+        head=HeadConfig(feat_channels=128, stacked_convs=2, use_gn=True, coef_init_std=0.01),
+        # Modern box conventions: continuous coordinates and GIoU (which has a gradient even for
+        # non-overlapping boxes, unlike -log IoU without the official "+1").
+        loss=LossConfig(box_plus_one=False, iou_loss="giou"),
+        test=TestConfig(nms_plus_one=False, max_per_img=50),
+        input=InputConfig(
+            channel_order="rgb",
+            pixel_mean=PYTORCH_MEAN_RGB,
+            pixel_std=PYTORCH_STD_RGB,
+            test_scale=(533, 320),
+            train_scales=((533, 288), (533, 352)),
+        ),
+        train=TrainConfig(lr=0.01, warmup="linear", warmup_iters=100, warmup_ratio=0.1, epochs=12, lr_steps=(9, 11), images_per_gpu=4),
+    )
+
+
+PRESETS: dict[str, SipMaskConfig] = {
+    cfg.name: cfg
+    for cfg in (
+        _mm_hr("mm_r50_gn_1x", "official MM R50 800x1333 1x, GN head (38.2 box / 33.5 mask AP)", 50, False, 12, (8, 11), 4),
+        _mm_hr("mm_r50_gn_ms_2x", "official MM R50 800x1333 multi-scale 2x (40.8 / 35.6)", 50, True, 24, (20, 23), 4),
+        _mm_hr("mm_r101_gn_ms_4x", "official MM R101 800x1333 multi-scale 4x (43.6 / 37.8)", 101, True, 48, (40, 46), 2),
+        _mm_rt("mm_r50_ssd_6x", "official MM R50 544 real-time 6x, no GN (36.0 / 31.7)", 50, False, 3),
+        _mm_rt("mm_r50_ssd_gn_10x", "official MM R50 544 real-time 10x, GN head (37.1 / 32.4)", 50, True, 5),
+        _mm_rt("mm_r101_ssd_6x", "official MM R101 544 real-time 6x, no GN (38.4 / 33.6)", 101, False, 3),
+        _mm_rt("mm_r101_ssd_gn_10x", "official MM R101 544 real-time 10x, GN head (40.3 / 34.8)", 101, True, 5),
+        _mm_rt("mm_pp_r101_dcn_ssd_6x", "official SipMask++ R101-DCN 544 6x, mask rescoring (40.1 / 35.2)", 101, False, 3, True),
+        _mm_rt("mm_pp_r101_dcn_ssd_gn_10x", "official SipMask++ R101-DCN 544 10x GN, mask rescoring (41.3 / 36.1)", 101, True, 5, True),
+        _bm("bm_r50_1x", "official benchmark R50 800x1333 1x (39.5 / 34.2)", 50, False, (8, 11), 12),
+        _bm("bm_r101_ms_3x", "official benchmark R101 800x1333 multi-scale 3x (44.1 / 37.8)", 101, True, (32, 35), 36),
+        _tiny(),
+    )
+}
+
+
+def list_presets() -> list[SipMaskConfig]:
+    return list(PRESETS.values())
+
+
+def get_preset(name: str) -> SipMaskConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown config {name!r}; choose one of: {', '.join(PRESETS)}"
+        ) from None

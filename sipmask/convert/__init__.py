@@ -1,0 +1,1 @@
+"""Reading the official SipMask checkpoints (mmdetection, benchmark and VIS code bases)."""

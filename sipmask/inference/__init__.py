@@ -1,0 +1,1 @@
+"""Inference: postprocessing, drawing, video IO and the Predictor."""

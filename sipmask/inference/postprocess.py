@@ -1,0 +1,116 @@
+"""From head outputs to detections: scoring, per-level top-k, NMS, and masks for the kept detections only."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sipmask.config import TestConfig
+from sipmask.model.assembly import assemble_sub_masks
+from sipmask.model.head import HeadOutput, MaskRescoring
+from sipmask.ops.boxes import distance_to_box
+from sipmask.ops.crop_split import crop_split
+from sipmask.ops.nms import fast_nms, multiclass_nms
+from sipmask.train.targets import level_points
+
+#: The basis canvas is at half the input resolution (official stride-2 basis masks).
+CANVAS_STRIDE = 2
+#: Detections whose masks are upsampled together; bounds peak memory at large image sizes.
+MASK_CHUNK = 32
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """Geometry of one image in the batch: sizes are (height, width).
+
+    img_shape: resized image inside the padded batch; ori_shape: original image;
+    scale_factor: (w_scale, h_scale) from original to resized pixels.
+    """
+
+    img_shape: tuple[int, int]
+    ori_shape: tuple[int, int]
+    scale_factor: tuple[float, float]
+
+
+def _candidates(out: HeadOutput, img: int, points: list[Tensor], nms_pre: int, img_shape: tuple[int, int]):
+    """Per-level top-nms_pre candidates of one image by max_c(p_c * centerness), levels concatenated."""
+    boxes, probs, ctrs, coefs = [], [], [], []
+    for level, pts in enumerate(points):
+        p = out.cls_logits[level][img].flatten(1).t().sigmoid()  # [HW, C]
+        c = out.centerness[level][img].flatten(1)[0].sigmoid()  # [HW]
+        d = out.distances[level][img].flatten(1).t()  # [HW, 4]
+        k = out.coefs[level][img].flatten(1).t()  # [HW, k*k*K]
+        if 0 < nms_pre < p.shape[0]:
+            top = (p * c[:, None]).max(dim=1).values.topk(nms_pre).indices
+            p, c, d, k, pts = p[top], c[top], d[top], k[top], pts[top]
+        boxes.append(distance_to_box(pts, d, max_shape=img_shape))
+        probs.append(p)
+        ctrs.append(c)
+        coefs.append(k)
+    return torch.cat(boxes), torch.cat(probs), torch.cat(ctrs), torch.cat(coefs)
+
+
+def paste_masks(canvas_masks: Tensor, meta: ImageMeta, mask_thr: float) -> Tensor:
+    """Cropped canvas probabilities [N, Hc, Wc] -> bool masks [N, H_ori, W_ori].
+
+    Upsampled by 2 / scale_factor with the PyTorch-1.1 output size floor(in * f) (official),
+    bilinear, thresholded, pasted at the top-left of the original-size canvas (excess cropped).
+    """
+    n, hc, wc = canvas_masks.shape
+    h_ori, w_ori = meta.ori_shape
+    w_scale, h_scale = meta.scale_factor
+    out_h = int(math.floor(hc * (CANVAS_STRIDE / h_scale)))
+    out_w = int(math.floor(wc * (CANVAS_STRIDE / w_scale)))
+    result = torch.zeros((n, h_ori, w_ori), dtype=torch.bool, device=canvas_masks.device)
+    h, w = min(out_h, h_ori), min(out_w, w_ori)
+    for start in range(0, n, MASK_CHUNK):
+        chunk = canvas_masks[start : start + MASK_CHUNK]
+        up = F.interpolate(chunk[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
+        result[start : start + MASK_CHUNK, :h, :w] = up[:, :h, :w] > mask_thr
+    return result
+
+
+def postprocess(
+    out: HeadOutput,
+    metas: list[ImageMeta],
+    cfg: TestConfig,
+    strides: tuple[int, ...],
+    grid: int,
+    score_thr: float | None = None,
+    rescoring: MaskRescoring | None = None,
+) -> list[dict[str, Tensor]]:
+    """Detections per image: boxes [N, 4] (original pixels), scores [N], labels [N], masks bool [N, H, W]
+    (and mask_scores [N] with SipMask++ re-scoring). Order follows the official head."""
+    thr = cfg.score_thr if score_thr is None else score_thr
+    sizes = [tuple(m.shape[-2:]) for m in out.cls_logits]
+    points = level_points(sizes, strides, out.cls_logits[0].device)
+    results = []
+    for img, meta in enumerate(metas):
+        boxes, probs, ctrs, coefs = _candidates(out, img, points, cfg.nms_pre, meta.img_shape)
+        w_scale, h_scale = meta.scale_factor
+        factor = boxes.new_tensor([w_scale, h_scale, w_scale, h_scale])
+        boxes = boxes / factor
+        if cfg.nms == "fast":
+            det_boxes, scores, labels, keep = fast_nms(
+                boxes, probs * ctrs[:, None], thr, cfg.iou_thr, cfg.fast_nms_top_k, cfg.max_per_img
+            )
+        else:
+            det_boxes, scores, labels, keep = multiclass_nms(
+                boxes, probs, ctrs, thr, cfg.iou_thr, cfg.max_per_img, cfg.nms_plus_one, cfg.sqrt_score
+            )
+        sub = assemble_sub_masks(out.basis[img : img + 1], coefs[keep], None, grid)  # [N, k*k, Hc, Wc]
+        canvas = crop_split(sub, det_boxes * factor / CANVAS_STRIDE, grid)  # [N, Hc, Wc]
+        result = {
+            "boxes": det_boxes.float(),
+            "scores": scores.float(),
+            "labels": labels.long(),
+            "masks": paste_masks(canvas, meta, cfg.mask_thr),
+        }
+        if rescoring is not None:
+            q = rescoring(canvas[:, None]) if len(canvas) else canvas.new_zeros((0, probs.shape[1]))
+            result["mask_scores"] = q[torch.arange(len(labels), device=q.device), labels] * scores
+        results.append(result)
+    return results

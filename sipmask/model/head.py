@@ -1,0 +1,187 @@
+"""The SipMask head: FCOS towers, feature alignment, sub-region coefficients, basis masks and SipMask++ re-scoring."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sipmask.config import HeadConfig
+from sipmask.model.deformable import DeformConv
+
+#: Prior probability of the class logits at initialisation (focal-loss bias init, FCOS / official).
+CLASS_PRIOR_PROB = 0.01
+#: Official basis branch: P3-P5 regression features, concatenated, 1x1 to this width, then 3x3 to the bases.
+BASIS_HIDDEN_PER_256 = 512
+#: The basis masks live at stride 2 of the input: stride-8 features upsampled x4 (official).
+BASIS_UPSAMPLE = 4
+#: Number of FPN levels feeding the basis branch (P3, P4, P5).
+BASIS_LEVELS = 3
+#: Re-scoring branch channels (SipMask++): six valid 3x3 stride-2 convs on the cropped mask.
+RESCORING_CHANNELS = (1, 16, 16, 16, 32, 64, 128)
+
+
+class HeadOutput(NamedTuple):
+    """Raw head predictions for a padded batch.
+
+    cls_logits[l]: [B, C, H_l, W_l]; distances[l]: [B, 4, H_l, W_l] (l, t, r, b) in input pixels;
+    centerness[l]: [B, 1, H_l, W_l] logits; coefs[l]: [B, k*k*num_bases, H_l, W_l];
+    basis: [B, num_bases, H/2, W/2] (>= 0).
+    """
+
+    cls_logits: list[Tensor]
+    distances: list[Tensor]
+    centerness: list[Tensor]
+    coefs: list[Tensor]
+    basis: Tensor
+
+
+class ConvNormAct(nn.Module):
+    """3x3 conv, optional GroupNorm, ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, gn_groups: int | None, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
+        self.norm = nn.GroupNorm(gn_groups, out_ch) if gn_groups else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return F.relu(x)
+
+
+class FeatureAlign(nn.Module):
+    """Deformable 3x3 conv whose offsets come from the predicted box distances (1x1 conv, no bias).
+
+    x: [B, F, H, W]; distances: [B, 4, H, W] in stride units (detached here) -> [B, F, H, W].
+    """
+
+    def __init__(self, channels: int, offset_groups: int, gn_groups: int | None, bias: bool) -> None:
+        super().__init__()
+        self.offset_conv = nn.Conv2d(4, offset_groups * 2 * 9, 1, bias=False)
+        self.deform_conv = DeformConv(channels, channels, 3, padding=1, bias=bias)
+        self.norm = nn.GroupNorm(gn_groups, channels) if gn_groups else None
+
+    def forward(self, x: Tensor, distances: Tensor) -> Tensor:
+        offset = self.offset_conv(distances.detach())
+        x = self.deform_conv(x, offset)
+        if self.norm is not None:
+            x = self.norm(x)
+        return F.relu(x)
+
+
+class BasisBranch(nn.Module):
+    """Basis masks from the P3-P5 regression features: [B, 3F, H/8, W/8] -> [B, num_bases, H/2, W/2]."""
+
+    def __init__(self, feat_channels: int, num_bases: int) -> None:
+        super().__init__()
+        hidden = BASIS_HIDDEN_PER_256 * feat_channels // 256
+        self.lateral = nn.Conv2d(BASIS_LEVELS * feat_channels, hidden, 1)
+        self.out = nn.Conv2d(hidden, num_bases, 3, padding=1)
+
+    def forward(self, reg_feats: list[Tensor]) -> Tensor:
+        size = reg_feats[0].shape[-2:]
+        ups = [reg_feats[0]] + [
+            F.interpolate(f, scale_factor=2**i, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
+            for i, f in enumerate(reg_feats[1:BASIS_LEVELS], start=1)
+        ]
+        x = F.relu(self.out(F.relu(self.lateral(torch.cat(ups, dim=1)))))
+        return F.interpolate(x, scale_factor=BASIS_UPSAMPLE, mode="bilinear", align_corners=False)
+
+
+class MaskRescoring(nn.Module):
+    """SipMask++ mask IoU prediction: cropped mask probabilities [N, 1, h, w] -> per-class IoU [N, C]."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        chans = RESCORING_CHANNELS
+        self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, stride=2) for i in range(len(chans) - 1))
+        self.out = nn.Conv2d(chans[-1], num_classes, 1)
+        for conv in self.convs:
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        nn.init.normal_(self.out.weight, std=0.001)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, masks: Tensor) -> Tensor:
+        x = masks
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        x = F.relu(self.out(x))
+        return x.amax(dim=(2, 3))
+
+
+class SipMaskHead(nn.Module):
+    """Shared-across-levels head. forward(P3..P7) -> HeadOutput."""
+
+    def __init__(self, in_channels: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        feat = cfg.feat_channels
+        gn = cfg.gn_groups if cfg.use_gn else None
+        bias = cfg.tower_conv_bias if cfg.tower_conv_bias is not None else not cfg.use_gn
+        self.cls_tower = nn.ModuleList(
+            ConvNormAct(in_channels if i == 0 else feat, feat, gn, bias) for i in range(cfg.stacked_convs - 1)
+        )
+        self.reg_tower = nn.ModuleList(
+            ConvNormAct(in_channels if i == 0 else feat, feat, gn, bias) for i in range(cfg.stacked_convs)
+        )
+        align_norm = cfg.align_norm if cfg.align_norm is not None else cfg.use_gn
+        align_in = feat if cfg.stacked_convs > 1 else in_channels
+        if cfg.feature_align:
+            self.feature_align: nn.Module = FeatureAlign(align_in, cfg.align_offset_groups,
+                                                         cfg.gn_groups if align_norm else None, cfg.align_conv_bias)
+        else:
+            self.feature_align = ConvNormAct(align_in, feat, cfg.gn_groups if align_norm else None, bias)
+        self.cls_logits = nn.Conv2d(feat, cfg.num_classes, 3, padding=1)
+        self.bbox_pred = nn.Conv2d(feat, 4, 3, padding=1)
+        self.centerness = nn.Conv2d(feat, 1, 3, padding=1)
+        self.scales = nn.Parameter(torch.ones(len(cfg.strides)))
+        self.coef_conv = nn.Conv2d(feat, cfg.grid * cfg.grid * cfg.num_bases, 3, padding=1)
+        self.basis = BasisBranch(feat, cfg.num_bases)
+        self.rescoring = MaskRescoring(cfg.num_classes) if cfg.mask_rescoring else None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Official init: normal(0.01) convs, zero biases, prior-prob class bias, zero offset conv."""
+        convs = [m.conv for m in (*self.cls_tower, *self.reg_tower)] + [
+            self.cls_logits, self.bbox_pred, self.centerness, self.basis.lateral, self.basis.out
+        ]
+        for conv in convs:
+            nn.init.normal_(conv.weight, std=0.01)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - CLASS_PRIOR_PROB) / CLASS_PRIOR_PROB))
+        nn.init.normal_(self.coef_conv.weight, std=self.cfg.coef_init_std)
+        nn.init.zeros_(self.coef_conv.bias)
+        if isinstance(self.feature_align, FeatureAlign):
+            nn.init.zeros_(self.feature_align.offset_conv.weight)
+            nn.init.normal_(self.feature_align.deform_conv.weight, std=0.01)
+        else:
+            nn.init.normal_(self.feature_align.conv.weight, std=0.01)
+
+    def forward(self, feats: list[Tensor]) -> HeadOutput:
+        cls_logits, distances, centerness, coefs, basis_feats = [], [], [], [], []
+        for level, (x, stride) in enumerate(zip(feats, self.cfg.strides)):
+            cls_feat, reg_feat = x, x
+            for layer in self.cls_tower:
+                cls_feat = layer(cls_feat)
+            for layer in self.reg_tower:
+                reg_feat = layer(reg_feat)
+            dist = self.bbox_pred(reg_feat) * self.scales[level]  # stride units, linear (official MM)
+            if self.cfg.relu_distances:
+                dist = F.relu(dist)
+            if isinstance(self.feature_align, FeatureAlign):
+                cls_feat = self.feature_align(cls_feat, dist)
+            else:
+                cls_feat = self.feature_align(cls_feat)
+            cls_logits.append(self.cls_logits(cls_feat))
+            centerness.append(self.centerness(reg_feat))
+            distances.append(dist.float() * stride)
+            coefs.append(self.coef_conv(cls_feat))
+            if level < BASIS_LEVELS:
+                basis_feats.append(reg_feat)
+        return HeadOutput(cls_logits, distances, centerness, coefs, self.basis(basis_feats))

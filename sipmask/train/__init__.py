@@ -1,0 +1,1 @@
+"""Training: FCOS targets, SipMask losses, and the trainer."""

@@ -1,0 +1,142 @@
+"""The SipMask training objective: targets for a batch, then focal, box, centerness, mask (and re-scoring) losses."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sipmask.config import HeadConfig, LossConfig
+from sipmask.model.head import HeadOutput, MaskRescoring
+from sipmask.ops.boxes import distance_to_box
+from sipmask.train.losses import box_loss, centerness_loss, sigmoid_focal_loss_sum
+from sipmask.train.mask_loss import MaskLossInputs, mask_alignment_loss, rescoring_loss
+from sipmask.train.targets import Targets, centerness_targets, fcos_targets, level_points
+
+#: The basis canvas is at half the input resolution (official stride-2 basis masks).
+CANVAS_STRIDE = 2
+
+
+def _flatten_levels(maps: list[Tensor]) -> Tensor:
+    """[B, C, H_l, W_l] per level -> [B, sum_l H_l*W_l, C] (level-major, row-major)."""
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], dim=1)
+
+
+def canvas_gt_masks(gt_masks: list[Tensor], canvas: tuple[int, int]) -> list[Tensor]:
+    """GT masks at input resolution [G, H, W] -> canvas [G, Hc, Wc] in {0, 1} (official: bilinear x0.5, > 0.5).
+
+    Masks are zero-padded to twice the canvas first, so batch padding is handled like the official
+    per-image pad-then-copy.
+    """
+    out = []
+    hc, wc = canvas
+    for m in gt_masks:
+        m = m.float()
+        padded = m.new_zeros((m.shape[0], hc * CANVAS_STRIDE, wc * CANVAS_STRIDE))
+        h, w = min(m.shape[1], hc * CANVAS_STRIDE), min(m.shape[2], wc * CANVAS_STRIDE)
+        padded[:, :h, :w] = m[:, :h, :w]
+        if padded.shape[0] == 0:
+            out.append(padded.new_zeros((0, hc, wc)))
+            continue
+        small = F.interpolate(padded[None], size=(hc, wc), mode="bilinear", align_corners=False)[0]
+        out.append((small > 0.5).float())
+    return out
+
+
+class SipMaskCriterion:
+    """Computes the loss dict from head outputs and per-image targets (boxes in the preset's convention)."""
+
+    def __init__(self, head_cfg: HeadConfig, loss_cfg: LossConfig) -> None:
+        self.head_cfg = head_cfg
+        self.cfg = loss_cfg
+
+    def targets(self, out: HeadOutput, gt_boxes: list[Tensor], gt_labels: list[Tensor]) -> tuple[list[Tensor], Targets]:
+        sizes = [tuple(m.shape[-2:]) for m in out.cls_logits]
+        points = level_points(sizes, self.head_cfg.strides, out.cls_logits[0].device)
+        targets = fcos_targets(
+            points, self.head_cfg.strides, self.cfg.regress_ranges, gt_boxes, gt_labels,
+            self.cfg.center_sample_radius, self.cfg.box_plus_one,
+        )
+        return points, targets
+
+    def __call__(
+        self,
+        out: HeadOutput,
+        gt_boxes: list[Tensor],
+        gt_labels: list[Tensor],
+        gt_masks: list[Tensor],
+        rescoring: MaskRescoring | None = None,
+    ) -> dict[str, Tensor]:
+        """out: head outputs for B images; gt_boxes[i]: [G_i, 4]; gt_labels[i]: [G_i] 0-based;
+        gt_masks[i]: [G_i, H, W] at the padded input resolution (or smaller; zero-padded)."""
+        cfg = self.cfg
+        num_imgs = out.cls_logits[0].shape[0]
+        points, targets = self.targets(out, gt_boxes, gt_labels)
+        all_points = torch.cat(points)  # [P, 2]
+        strides = torch.cat([
+            torch.full((len(p),), float(s), device=all_points.device) for p, s in zip(points, self.head_cfg.strides)
+        ])
+        logits = _flatten_levels(out.cls_logits).float()  # [B, P, C]
+        dists = _flatten_levels(out.distances).float()  # [B, P, 4]
+        ctr_logits = _flatten_levels(out.centerness).float()[..., 0]  # [B, P]
+        coefs = _flatten_levels(out.coefs)  # [B, P, k*k*K]
+
+        labels = targets.labels  # [B, P]
+        pos_img, pos_pt = torch.nonzero(labels >= 0, as_tuple=True)
+        num_pos = pos_img.numel()
+        loss_cls = sigmoid_focal_loss_sum(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), cfg.focal_alpha, cfg.focal_gamma
+        ) / (num_pos + num_imgs)
+
+        if num_pos == 0:
+            zero = dists.sum() * 0.0 + ctr_logits.sum() * 0.0
+            losses = {"loss_cls": loss_cls, "loss_bbox": zero, "loss_centerness": zero,
+                      "loss_mask": out.basis.sum() * 0.0 + coefs.sum() * 0.0}
+            if rescoring is not None:
+                losses["loss_iou"] = sum(p.sum() * 0.0 for p in rescoring.parameters())
+            return losses
+
+        pos_dist = dists[pos_img, pos_pt]
+        pos_target = targets.box_targets[pos_img, pos_pt]
+        pos_points = all_points[pos_pt]
+        ctr_target = centerness_targets(pos_target)
+        unit = strides[pos_pt][:, None] if cfg.box_loss_in_stride_units else 1.0
+        loss_bbox = box_loss(
+            distance_to_box(pos_points, pos_dist / unit), distance_to_box(pos_points, pos_target / unit),
+            ctr_target, cfg.iou_loss, cfg.box_plus_one,
+        )
+        loss_ctr = centerness_loss(ctr_logits[pos_img, pos_pt], ctr_target)
+
+        canvas = tuple(out.basis.shape[-2:])
+        canvas_masks = canvas_gt_masks(gt_masks, canvas)
+        gt_index = targets.gt_index[pos_img, pos_pt]
+        pos_labels = labels[pos_img, pos_pt]
+        flat_gt_masks = torch.cat(canvas_masks)  # [sum G, Hc, Wc]
+        offsets = torch.tensor([0] + [len(b) for b in gt_boxes], device=gt_index.device).cumsum(0)
+        flat_gt_boxes = torch.cat(gt_boxes)
+        gt_flat_index = offsets[pos_img] + gt_index
+        mask_inputs = MaskLossInputs(
+            image_index=pos_img,
+            coefs=coefs[pos_img, pos_pt],
+            pred_boxes=distance_to_box(pos_points, pos_dist.detach()) / CANVAS_STRIDE,
+            gt_boxes=flat_gt_boxes[gt_flat_index] / CANVAS_STRIDE,
+            gt_masks=flat_gt_masks[gt_flat_index],
+            scores=logits[pos_img, pos_pt, pos_labels].detach().sigmoid(),
+            labels=pos_labels,
+        )
+        loss_mask, pred_masks = mask_alignment_loss(
+            out.basis, mask_inputs, num_imgs, self.head_cfg.grid, cfg.mask_alignment_weighting, cfg.box_plus_one
+        )
+        losses = {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr, "loss_mask": loss_mask}
+        if rescoring is not None:
+            losses["loss_iou"] = self._rescoring(rescoring, mask_inputs, pred_masks)
+        return losses
+
+    def _rescoring(self, rescoring: MaskRescoring, inputs: MaskLossInputs, pred_masks: Tensor) -> Tensor:
+        boxes = inputs.pred_boxes
+        keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 1.0
+        if pred_masks.shape[0] == 0:
+            return sum(p.sum() * 0.0 for p in rescoring.parameters())
+        q = rescoring(pred_masks.detach()[:, None])  # [N, C]
+        labels = inputs.labels[keep]
+        q = q[torch.arange(len(labels), device=q.device), labels]
+        return rescoring_loss(q, pred_masks.detach(), inputs.gt_masks[keep], self.cfg.rescoring_weight)

@@ -1,0 +1,102 @@
+"""The mask alignment weighting loss (paper section 3.3, official `loss_mask`) and SipMask++'s re-scoring loss."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sipmask.model.assembly import assemble_sub_masks
+from sipmask.ops.boxes import aligned_iou
+from sipmask.ops.crop_split import crop_by_box, crop_split
+
+#: Positives whose predicted canvas box area is at most this are left out of the mask loss (official).
+MIN_CANVAS_BOX_AREA = 1.0
+#: Added to the sum of weights before normalising them (official).
+WEIGHT_NORM_EPS = 1e-4
+#: Rescoring target: predicted mask binarised at this probability (official, = test mask threshold).
+RESCORING_MASK_THR = 0.4
+#: Rescoring: a positive counts only if its GT mask has at least this many canvas pixels (official 10 x 10).
+RESCORING_MIN_GT_AREA = 100.0
+#: Rescoring: IoU targets outside (0.1, 1.0] get no weight (official).
+RESCORING_MIN_IOU = 0.1
+#: Smoothing added to the rescoring IoU denominator and to the weight normaliser (official).
+RESCORING_EPS = 0.1
+
+
+class MaskLossInputs(NamedTuple):
+    """All positives of a batch, flattened across images.
+
+    image_index: [N] image of each positive; coefs: [N, k*k*K]; pred_boxes: [N, 4] detached
+    predicted boxes on the basis canvas (input pixels / 2); gt_boxes: [N, 4] assigned GT boxes on
+    the canvas; gt_masks: [N, Hc, Wc] assigned GT masks on the canvas (0/1 float);
+    scores: [N] sigmoid score of the assigned class, detached; labels: [N] assigned class.
+    """
+
+    image_index: Tensor
+    coefs: Tensor
+    pred_boxes: Tensor
+    gt_boxes: Tensor
+    gt_masks: Tensor
+    scores: Tensor
+    labels: Tensor
+
+
+def mask_alignment_loss(
+    basis: Tensor,
+    inputs: MaskLossInputs,
+    num_images: int,
+    grid: int,
+    weighted: bool = True,
+    plus_one: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Alignment-weighted per-instance mask BCE, averaged over images.
+
+    basis: [B, K, Hc, Wc]. Per image i with N_i kept positives: w_n = score_n * IoU(gt_n, pred_n),
+    w <- w / (sum w + 1e-4) * N_i (no gradient); L_n = sum_pixels BCE(crop_split(masks), gt cropped
+    by the predicted box) / (w_box * h_box) / N_i; loss_i = sum_n w_n L_n. Returns (loss, assembled
+    masks [N, Hc, Wc] for the re-scoring loss). With weighted=False every w_n = 1 (ablation).
+    """
+    boxes = inputs.pred_boxes
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = area > MIN_CANVAS_BOX_AREA
+    if not bool(keep.any()):
+        return basis.sum() * 0.0, basis.new_zeros((0,) + basis.shape[-2:])
+    idx = inputs.image_index[keep]
+    coefs, boxes, area = inputs.coefs[keep], boxes[keep], area[keep]
+    counts = torch.bincount(idx, minlength=num_images).to(basis.dtype)  # [B]
+    per_count = counts[idx]  # [N] number of kept positives of the same image
+
+    sub_masks = assemble_sub_masks(basis, coefs, idx, grid)  # [N, k*k, Hc, Wc] probabilities
+    pred = crop_split(sub_masks, boxes, grid)  # [N, Hc, Wc]
+    target = crop_by_box(inputs.gt_masks[keep], boxes)
+    bce = F.binary_cross_entropy(pred, target, reduction="none").sum(dim=(1, 2))
+    per_instance = bce / (boxes[:, 2] - boxes[:, 0]) / (boxes[:, 3] - boxes[:, 1]) / per_count
+
+    with torch.no_grad():
+        if weighted:
+            w = inputs.scores[keep] * aligned_iou(inputs.gt_boxes[keep], boxes, plus_one=plus_one)
+            w_sum = torch.zeros(num_images, dtype=w.dtype, device=w.device).index_add_(0, idx, w)
+            w = w / (w_sum[idx] + WEIGHT_NORM_EPS) * per_count
+        else:
+            w = torch.ones_like(per_instance)
+    return (per_instance * w).sum() / num_images, pred
+
+
+def rescoring_loss(
+    predicted_iou: Tensor, pred_masks: Tensor, gt_masks: Tensor, weight: float
+) -> Tensor:
+    """SipMask++ mask-IoU regression: predicted_iou [N] for the assigned class, pred_masks
+    [N, Hc, Wc] cropped probabilities, gt_masks [N, Hc, Wc] uncropped canvas GT -> scalar.
+
+    Target IoU_n = |P & G| / (|P| + |G| - |P & G| + 0.1) with P = pred > 0.4; counted only when
+    0.1 < IoU <= 1 and |G| >= 100; loss = weight * sum v (q - IoU)^2 / (0.1 + sum v).
+    """
+    with torch.no_grad():
+        binary = (pred_masks > RESCORING_MASK_THR).to(pred_masks.dtype)
+        overlap = (binary * gt_masks).sum(dim=(1, 2))
+        gt_area = gt_masks.sum(dim=(1, 2))
+        iou = overlap / (binary.sum(dim=(1, 2)) + gt_area - overlap + RESCORING_EPS)
+        valid = ((iou > RESCORING_MIN_IOU) & (iou <= 1.0) & (gt_area >= RESCORING_MIN_GT_AREA)).to(iou.dtype)
+    return weight * (valid * (predicted_iou - iou) ** 2).sum() / (RESCORING_EPS + valid.sum())
