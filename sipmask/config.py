@@ -81,6 +81,12 @@ class TestConfig:
     nms_plus_one: bool = True  # "+1" widths in the NMS IoU (official multiclass NMS)
     sqrt_score: bool = False  # BM: score = sqrt(prob x centerness)
     mask_thr: float = 0.4
+    # "mmdet": top-nms_pre points per level by max_c(p x c), then per-class NMS output grouped by class.
+    # "benchmark" (SipMask-benchmark SipMaskPostProcessor): threshold p first, top-nms_pre
+    # (point, class) pairs per level by p x c, detections in ascending candidate order, the
+    # max_per_img cap keeps every score >= the k-th best (ties may keep more), one isotropic mask
+    # upsampling factor min(h_scale, w_scale).
+    postprocess_style: str = "mmdet"
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,8 @@ def _validate(cfg: SipMaskConfig) -> None:
         raise ConfigError(f"backbone.depth must be 18, 34, 50, 101 or 152, got {cfg.backbone.depth}")
     if cfg.test.nms not in ("multiclass", "fast"):
         raise ConfigError(f"test.nms must be 'multiclass' or 'fast', got {cfg.test.nms!r}")
+    if cfg.test.postprocess_style not in ("mmdet", "benchmark"):
+        raise ConfigError(f"test.postprocess_style must be 'mmdet' or 'benchmark', got {cfg.test.postprocess_style!r}")
     if cfg.loss.iou_loss not in ("iou", "giou"):
         raise ConfigError(f"loss.iou_loss must be 'iou' or 'giou', got {cfg.loss.iou_loss!r}")
 
@@ -251,9 +259,27 @@ def _bm(name: str, desc: str, depth: int, ms: bool, iters_steps: tuple[int, ...]
             coef_init_std=0.01,
         ),
         loss=LossConfig(iou_loss="giou"),
-        test=TestConfig(iou_thr=0.6, sqrt_score=True),
+        test=TestConfig(iou_thr=0.6, sqrt_score=True, postprocess_style="benchmark"),
         input=_HR_MS_INPUT if ms else _HR_INPUT,
         train=TrainConfig(epochs=epochs, lr_steps=iters_steps),
+    )
+
+
+def _vis(name: str, desc: str, train_scales: tuple[tuple[int, int], ...]) -> SipMaskConfig:
+    """SipMask-VIS image part (YouTube-VIS 2019, 40 classes); the tracking branch is not modelled yet."""
+    return SipMaskConfig(
+        name=name,
+        description=desc,
+        source="vis",
+        backbone=BackboneConfig(depth=50),
+        head=HeadConfig(num_classes=40, stacked_convs=3, use_gn=True, coef_init_std=0.01),
+        loss=LossConfig(box_loss_in_stride_units=False),
+        # Official VIS test: Fast NMS 0.5 (hard-coded), p x c > 0.03, 200 per level, 10 per frame.
+        test=TestConfig(nms="fast", nms_pre=200, score_thr=0.03, threshold_on="score", iou_thr=0.5,
+                        max_per_img=10, nms_plus_one=False, mask_thr=0.5),
+        input=InputConfig(test_scale=(640, 360), train_scales=train_scales),
+        train=TrainConfig(lr=0.005, warmup="linear", warmup_iters=1000, warmup_ratio=1.0 / 80,
+                          epochs=12, lr_steps=(8, 11), images_per_gpu=8),
     )
 
 
@@ -265,7 +291,8 @@ def _tiny() -> SipMaskConfig:
         source="none",
         backbone=BackboneConfig(depth=18, style="pytorch", frozen_stages=-1, norm_eval=False),
         neck=NeckConfig(out_channels=128),
-        head=HeadConfig(feat_channels=128, stacked_convs=2, use_gn=True, coef_init_std=0.01),
+        # ReLU on the distances (as FCOS / SipMask-benchmark): boxes can never invert.
+        head=HeadConfig(feat_channels=128, stacked_convs=2, use_gn=True, coef_init_std=0.01, relu_distances=True),
         # Modern box conventions: continuous coordinates and GIoU (which has a gradient even for
         # non-overlapping boxes, unlike -log IoU without the official "+1").
         loss=LossConfig(box_plus_one=False, iou_loss="giou"),
@@ -295,6 +322,8 @@ PRESETS: dict[str, SipMaskConfig] = {
         _mm_rt("mm_pp_r101_dcn_ssd_gn_10x", "official SipMask++ R101-DCN 544 10x GN, mask rescoring (41.3 / 36.1)", 101, True, 5, True),
         _bm("bm_r50_1x", "official benchmark R50 800x1333 1x (39.5 / 34.2)", 50, False, (8, 11), 12),
         _bm("bm_r101_ms_3x", "official benchmark R101 800x1333 multi-scale 3x (44.1 / 37.8)", 101, True, (32, 35), 36),
+        _vis("vis_r50_1x", "official VIS R50 360x640 1x, image part (YouTube-VIS 2019 mask AP 32.5)", ((640, 360),)),
+        _vis("vis_r50_ms_1x", "official VIS R50 360x640 multi-scale 1x, image part (33.7)", ((649, 360), (960, 480))),
         _tiny(),
     )
 }

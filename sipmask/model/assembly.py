@@ -5,12 +5,14 @@ import torch
 from torch import Tensor
 
 
-def assemble_sub_masks(basis: Tensor, coefs: Tensor, image_index: Tensor | None, grid: int) -> Tensor:
-    """sigmoid(basis . coefficients) for each sub-region of each instance.
+def assemble_sub_masks(
+    basis: Tensor, coefs: Tensor, image_index: Tensor | None, grid: int, logits: bool = False
+) -> Tensor:
+    """sigmoid(basis . coefficients) for each sub-region of each instance (the logits with logits=True).
 
     basis: [B, K, H, W]; coefs: [N, grid*grid*K] (block j of K coefficients is sub-region j,
     row-major); image_index: [N] image of each instance (None: all from image 0) ->
-    [N, grid*grid, H, W] probabilities. One matmul per image, no loop over instances.
+    [N, grid*grid, H, W]. One matmul per image, no loop over instances.
     """
     num_bases = basis.shape[1]
     n = coefs.shape[0]
@@ -25,6 +27,6 @@ def assemble_sub_masks(basis: Tensor, coefs: Tensor, image_index: Tensor | None,
     coefs = coefs.reshape(n, cells, num_bases)
     for img in torch.unique(image_index).tolist():
         members = torch.nonzero(image_index == img).squeeze(1)
-        logits = coefs[members].reshape(-1, num_bases) @ flat_basis[img]  # [n_i*cells, H*W]
-        out[members] = logits.reshape(len(members), cells, height, width).sigmoid()
-    return out
+        products = coefs[members].reshape(-1, num_bases) @ flat_basis[img]  # [n_i*cells, H*W]
+        out[members] = products.reshape(len(members), cells, height, width)
+    return out if logits else out.sigmoid()

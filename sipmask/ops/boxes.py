@@ -55,12 +55,17 @@ def pairwise_iou(a: Tensor, b: Tensor, plus_one: bool = False) -> Tensor:
 
 
 def aligned_giou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
-    """Generalised IoU of paired boxes: [N, 4], [N, 4] -> [N]."""
+    """Generalised IoU of paired boxes: [N, 4], [N, 4] -> [N] in [-1, 1].
+
+    Inverted boxes (x2 < x1, possible with linear distance predictions) count as empty.
+    """
     lt = torch.max(a[:, :2], b[:, :2])
     rb = torch.min(a[:, 2:], b[:, 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[:, 0] * wh[:, 1]
-    union = box_area(a) + box_area(b) - inter
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(dim=1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
+    union = area_a + area_b - inter
     iou = inter / union.clamp(min=eps)
     enclose_wh = (torch.max(a[:, 2:], b[:, 2:]) - torch.min(a[:, :2], b[:, :2])).clamp(min=0)
     enclose = enclose_wh[:, 0] * enclose_wh[:, 1] + eps

@@ -68,10 +68,14 @@ def mask_alignment_loss(
     counts = torch.bincount(idx, minlength=num_images).to(basis.dtype)  # [B]
     per_count = counts[idx]  # [N] number of kept positives of the same image
 
-    sub_masks = assemble_sub_masks(basis, coefs, idx, grid)  # [N, k*k, Hc, Wc] probabilities
-    pred = crop_split(sub_masks, boxes, grid)  # [N, Hc, Wc]
-    target = crop_by_box(inputs.gt_masks[keep], boxes)
-    bce = F.binary_cross_entropy(pred, target, reduction="none").sum(dim=(1, 2))
+    sub_logits = assemble_sub_masks(basis, coefs, idx, grid, logits=True)  # [N, k*k, Hc, Wc]
+    logits = crop_split(sub_logits, boxes, grid)  # [N, Hc, Wc], 0 outside the box
+    inside = crop_by_box(torch.ones_like(logits), boxes)
+    target = inputs.gt_masks[keep] * inside
+    # The official BCE on cropped probabilities, written on logits: identical where sigmoid does
+    # not saturate, and saturated pixels keep a gradient (probability-space BCE clamps log at -100).
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * inside).sum(dim=(1, 2))
+    pred = logits.detach().sigmoid() * inside
     per_instance = bce / (boxes[:, 2] - boxes[:, 0]) / (boxes[:, 3] - boxes[:, 1]) / per_count
 
     with torch.no_grad():
