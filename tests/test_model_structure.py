@@ -1,6 +1,7 @@
 """Parameter counts of the official presets, config handling, and backbone behaviour."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +93,73 @@ def test_sipmask_pp_places_dcn_every_third_block():
     ]
     assert dcn_blocks == [(2, 0), (2, 3)] + [(3, i) for i in range(0, 23, 3)] + [(4, 0)]
     assert len(dcn_blocks) == 11
+
+
+def test_imagenet_weights_load_from_torchvision_format(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = sipmask.build_model("tiny", num_classes=2)
+    model.backbone.load_imagenet(path)
+    torch.testing.assert_close(model.backbone.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+    torch.testing.assert_close(model.backbone.bn1.running_var, reference.bn1.running_var)
+
+
+def test_imagenet_weights_wrong_file_is_named(tmp_path):
+    from sipmask.errors import CheckpointError
+
+    model = sipmask.build_model("tiny", num_classes=2)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        model.backbone.load_imagenet(tmp_path / "junk.pth")
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="missing"):
+        model.backbone.load_imagenet(tmp_path / "partial.pth")
+    import torchvision
+
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(CheckpointError, match="shapes do not fit"):
+        model.backbone.load_imagenet(tmp_path / "r50.pth")
+
+
+def _toy_batch(size: int = 96):
+    image = torch.rand(3, size, size) * 255
+    masks = torch.zeros(2, size, size, dtype=torch.uint8)
+    masks[0, 10:60, 8:50] = 1
+    masks[1, 30:90, 50:92] = 1
+    target = {"boxes": torch.tensor([[8.0, 10, 50, 60], [50, 30, 92, 90]]), "labels": torch.tensor([0, 1]), "masks": masks}
+    return [image], [target]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"head__feature_align": False}, {"loss__mask_alignment_weighting": False}, {"head__grid": 3}, {"head__grid": 1}],
+)
+def test_ablation_switches_train(overrides):
+    torch.manual_seed(0)
+    model = sipmask.build_model("tiny", num_classes=2, **overrides).train()
+    torch.nn.init.constant_(model.head.bbox_pred.bias, 2.0)  # boxes with area: the mask loss engages
+    images, targets = _toy_batch()
+    losses = model(images, targets)
+    assert set(losses) == {"loss_cls", "loss_bbox", "loss_centerness", "loss_mask"}
+    assert float(losses["loss_mask"]) > 0
+    sum(losses.values()).backward()
+    assert model.head.coef_conv.weight.grad is not None
+
+
+def test_sipmask_pp_trains_and_rescores():
+    torch.manual_seed(0)
+    model = sipmask.build_model("mm_pp_r101_dcn_ssd_gn_10x", num_classes=2)
+    # Large distances so that predicted boxes have area and the mask / re-scoring losses engage.
+    torch.nn.init.constant_(model.head.bbox_pred.bias, 2.0)
+    model.train()
+    images, targets = _toy_batch(128)
+    losses = model(images, targets)
+    assert "loss_iou" in losses and float(losses["loss_mask"]) > 0
+    sum(losses.values()).backward()
+    assert model.head.rescoring.out.weight.grad is not None
+    assert model.backbone.layer2[0].conv2.conv_offset.weight.grad is not None  # DCN offsets learn
+    result = model.eval().predict([np.zeros((64, 80, 3), dtype=np.uint8)], score_thr=0.0)[0]
+    assert result["mask_scores"].shape == result["scores"].shape

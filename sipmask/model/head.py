@@ -21,6 +21,8 @@ BASIS_UPSAMPLE = 4
 BASIS_LEVELS = 3
 #: Re-scoring branch channels (SipMask++): six valid 3x3 stride-2 convs on the cropped mask.
 RESCORING_CHANNELS = (1, 16, 16, 16, 32, 64, 128)
+#: Smallest input those six valid stride-2 convs accept (s -> (s - 3) // 2 + 1 six times, ending at 1).
+RESCORING_MIN_SIZE = 127
 
 
 class HeadOutput(NamedTuple):
@@ -107,7 +109,11 @@ class MaskRescoring(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, masks: Tensor) -> Tensor:
-        x = masks
+        # Canvases smaller than the branch accepts (tiny inputs) are zero-padded: zero is what lies
+        # outside every box anyway. Official-size inputs (544 px -> 272 canvas) are unchanged.
+        pad_h = max(0, RESCORING_MIN_SIZE - masks.shape[-2])
+        pad_w = max(0, RESCORING_MIN_SIZE - masks.shape[-1])
+        x = F.pad(masks, (0, pad_w, 0, pad_h)) if pad_h or pad_w else masks
         for conv in self.convs:
             x = F.relu(conv(x))
         x = F.relu(self.out(x))

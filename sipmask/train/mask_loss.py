@@ -62,7 +62,9 @@ def mask_alignment_loss(
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = area > MIN_CANVAS_BOX_AREA
     if not bool(keep.any()):
-        return basis.sum() * 0.0, basis.new_zeros((0,) + basis.shape[-2:])
+        # Zero, but connected to every mask parameter (DDP expects each parameter to get a gradient).
+        zero = basis.sum() * 0.0 + inputs.coefs.sum() * 0.0
+        return zero, basis.new_zeros((0,) + basis.shape[-2:])
     idx = inputs.image_index[keep]
     coefs, boxes, area = inputs.coefs[keep], boxes[keep], area[keep]
     counts = torch.bincount(idx, minlength=num_images).to(basis.dtype)  # [B]
