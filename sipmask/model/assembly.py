@@ -18,15 +18,23 @@ def assemble_sub_masks(
     n = coefs.shape[0]
     cells = grid * grid
     height, width = basis.shape[-2:]
-    out = basis.new_empty((n, cells, height, width))
     if n == 0:
-        return out
+        return basis.new_empty((0, cells, height, width))
     if image_index is None:
         image_index = torch.zeros(n, dtype=torch.long, device=coefs.device)
+    # Group instances by image (positives usually arrive grouped already) and multiply per image.
+    order = None
+    if bool((image_index[1:] < image_index[:-1]).any()):
+        order = torch.argsort(image_index, stable=True)
+        image_index, coefs = image_index[order], coefs[order]
+    counts = torch.bincount(image_index, minlength=basis.shape[0]).tolist()
     flat_basis = basis.flatten(2)  # [B, K, H*W]
-    coefs = coefs.reshape(n, cells, num_bases)
-    for img in torch.unique(image_index).tolist():
-        members = torch.nonzero(image_index == img).squeeze(1)
-        products = coefs[members].reshape(-1, num_bases) @ flat_basis[img]  # [n_i*cells, H*W]
-        out[members] = products.reshape(len(members), cells, height, width)
+    parts = [
+        (chunk.reshape(-1, num_bases) @ flat_basis[img]).reshape(len(chunk), cells, height, width)
+        for img, chunk in enumerate(coefs.split(counts))
+        if len(chunk)
+    ]
+    out = torch.cat(parts)
+    if order is not None:
+        out = out[torch.argsort(order)]
     return out if logits else out.sigmoid()
