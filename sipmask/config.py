@@ -99,6 +99,7 @@ class InputConfig:
     train_scales: tuple[tuple[int, int], ...] = ((1333, 800),)  # two entries: short-edge range
     augment: str = "flip"  # "flip" (HR recipe) or "ssd" (photometric, expand, min-IoU crop, flip)
     size_divisor: int = 32
+    resize_style: str = "mmcv"  # "mmcv": sizes rounded half up (MM / VIS); "pil": truncated sizes, PIL bilinear (BM)
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,7 @@ def _bm(name: str, desc: str, depth: int, ms: bool, iters_steps: tuple[int, ...]
         ),
         loss=LossConfig(iou_loss="giou"),
         test=TestConfig(iou_thr=0.6, sqrt_score=True, postprocess_style="benchmark"),
-        input=_HR_MS_INPUT if ms else _HR_INPUT,
+        input=replace(_HR_MS_INPUT if ms else _HR_INPUT, resize_style="pil"),
         train=TrainConfig(epochs=epochs, lr_steps=iters_steps),
     )
 

@@ -84,3 +84,14 @@ def test_realtime_preset_uses_fast_nms_and_fixed_size():
     r = model.predict([image], score_thr=0.0)[0]
     assert r["masks"].shape[1:] == (240, 400)
     assert (r["scores"][:-1] >= r["scores"][1:]).all()  # Fast NMS output is sorted by score
+
+
+def test_benchmark_presets_resize_like_fcos_core():
+    from sipmask.config import get_preset
+    from sipmask.model.preprocess import test_geometry
+
+    # maskrcnn-benchmark truncates: 640x480 -> 1066x800 where mmcv rounds to 1067x800.
+    assert test_geometry(480, 640, get_preset("bm_r50_1x").input)[0] == (800, 1066)
+    assert test_geometry(480, 640, get_preset("mm_r50_gn_1x").input)[0] == (800, 1067)
+    # long edge capped: short = round(1333 * 300 / 3000) = 133, long = int(133 * 10) = 1330
+    assert test_geometry(300, 3000, get_preset("bm_r50_1x").input)[0] == (133, 1330)

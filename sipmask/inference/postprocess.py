@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import nms as box_nms
 
 from sipmask.config import TestConfig
 from sipmask.model.assembly import assemble_sub_masks
@@ -53,6 +54,43 @@ def _candidates(out: HeadOutput, img: int, points: list[Tensor], nms_pre: int, i
     return torch.cat(boxes), torch.cat(probs), torch.cat(ctrs), torch.cat(coefs)
 
 
+def _benchmark_detections(
+    out: HeadOutput, img: int, points: list[Tensor], cfg: TestConfig, thr: float, img_shape: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """SipMask-benchmark candidate selection and NMS for one image, boxes in resized-input pixels.
+
+    Per level: (point, class) pairs with p > thr in row-major order, at most nms_pre of them by
+    p x c; score sqrt(p x c); class-aware NMS with "+1" IoU; survivors in ascending candidate
+    order; if more than max_per_img, every score >= the k-th best is kept (official kthvalue cut).
+    Returns (boxes [K, 4], scores [K], labels [K] 0-based, coefficients [K, k*k*K_b]).
+    """
+    boxes, scores, labels, coefs = [], [], [], []
+    for level, pts in enumerate(points):
+        p = out.cls_logits[level][img].flatten(1).t().sigmoid()  # [HW, C]
+        c = out.centerness[level][img].flatten(1)[0].sigmoid()  # [HW]
+        point, label = torch.nonzero(p > thr, as_tuple=True)  # ascending (point, class)
+        pc = p[point, label] * c[point]
+        if pc.numel() > cfg.nms_pre > 0:  # official topk(sorted=False): keep candidate order
+            top = pc.topk(cfg.nms_pre).indices.sort().values
+            point, label, pc = point[top], label[top], pc[top]
+        d = out.distances[level][img].flatten(1).t()[point]  # [n, 4]
+        boxes.append(distance_to_box(pts[point], d, max_shape=img_shape))
+        scores.append(pc.sqrt())
+        labels.append(label)
+        coefs.append(out.coefs[level][img].flatten(1).t()[point])
+    boxes, scores, labels, coefs = torch.cat(boxes), torch.cat(scores), torch.cat(labels), torch.cat(coefs)
+    nms_boxes = boxes.clone()
+    if cfg.nms_plus_one:
+        nms_boxes[:, 2:] += 1.0  # "+1" widths, as the official ml_nms
+    keeps = [members[box_nms(nms_boxes[members], scores[members], cfg.iou_thr)]
+             for members in (torch.nonzero(labels == lab).squeeze(1) for lab in torch.unique(labels))]
+    keep = torch.cat(keeps).sort().values if keeps else labels.new_zeros((0,))
+    if keep.numel() > cfg.max_per_img > 0:
+        kth = scores[keep].kthvalue(keep.numel() - cfg.max_per_img + 1).values
+        keep = keep[scores[keep] >= kth]
+    return boxes[keep], scores[keep], labels[keep], coefs[keep]
+
+
 def paste_masks(canvas_masks: Tensor, meta: ImageMeta, mask_thr: float) -> Tensor:
     """Cropped canvas probabilities [N, Hc, Wc] -> bool masks [N, H_ori, W_ori].
 
@@ -89,6 +127,9 @@ def postprocess(
     points = level_points(sizes, strides, out.cls_logits[0].device)
     results = []
     for img, meta in enumerate(metas):
+        if cfg.postprocess_style == "benchmark":
+            results.append(_benchmark_result(out, img, points, cfg, thr, meta, grid))
+            continue
         boxes, probs, ctrs, coefs = _candidates(out, img, points, cfg.nms_pre, meta.img_shape)
         w_scale, h_scale = meta.scale_factor
         factor = boxes.new_tensor([w_scale, h_scale, w_scale, h_scale])
@@ -114,3 +155,18 @@ def postprocess(
             result["mask_scores"] = q[torch.arange(len(labels), device=q.device), labels] * scores
         results.append(result)
     return results
+
+
+def _benchmark_result(
+    out: HeadOutput, img: int, points: list[Tensor], cfg: TestConfig, thr: float, meta: ImageMeta, grid: int
+) -> dict[str, Tensor]:
+    """One image as SipMask-benchmark: masks cropped with the resized-input boxes / 2, upsampled by
+    2 / min(h_res / h_ori, w_res / w_ori), then boxes resized to the original image (BoxList.resize)."""
+    boxes, scores, labels, coefs = _benchmark_detections(out, img, points, cfg, thr, meta.img_shape)
+    (h_res, w_res), (h_ori, w_ori) = meta.img_shape, meta.ori_shape
+    sub = assemble_sub_masks(out.basis[img : img + 1], coefs, None, grid)  # [N, k*k, Hc, Wc]
+    canvas = crop_split(sub, boxes / CANVAS_STRIDE, grid)  # [N, Hc, Wc]
+    factor = min(h_res / h_ori, w_res / w_ori)
+    masks = paste_masks(canvas, ImageMeta(meta.img_shape, meta.ori_shape, (factor, factor)), cfg.mask_thr)
+    ratio = boxes.new_tensor([w_ori / w_res, h_ori / h_res, w_ori / w_res, h_ori / h_res])
+    return {"boxes": (boxes * ratio).float(), "scores": scores.float(), "labels": labels.long(), "masks": masks}

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from sipmask.config import InputConfig
@@ -22,8 +23,24 @@ def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[tuple
     return (max(int(height * factor + 0.5), 1), max(int(width * factor + 0.5), 1)), factor
 
 
+def truncated_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """Keep-ratio size as SipMask-benchmark (maskrcnn-benchmark Resize.get_size): truncated, not rounded."""
+    size, max_size = min(scale), max(scale)
+    short, long = float(min(height, width)), float(max(height, width))
+    if long / short * size > max_size:
+        size = int(round(max_size * short / long))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
 def test_geometry(height: int, width: int, cfg: InputConfig) -> tuple[tuple[int, int], tuple[float, float]]:
     """Resized (h, w) and (w_scale, h_scale) of the preset's test resize for an image of this size."""
+    if cfg.keep_ratio and cfg.resize_style == "pil":
+        out_h, out_w = truncated_size(height, width, cfg.test_scale)
+        return (out_h, out_w), (out_w / width, out_h / height)
     if cfg.keep_ratio:
         size, factor = rescale_size(height, width, cfg.test_scale)
         return size, (factor, factor)
@@ -43,8 +60,12 @@ def prepare_test_image(image: np.ndarray, cfg: InputConfig, device: torch.device
     """HxWx3 uint8 RGB -> resized [3, h, w] float32 RGB 0-255 and its ImageMeta."""
     height, width = image.shape[:2]
     size, scale = test_geometry(height, width, cfg)
+    meta = ImageMeta(img_shape=size, ori_shape=(height, width), scale_factor=scale)
+    if cfg.resize_style == "pil" and size != (height, width):  # SipMask-benchmark resizes with PIL
+        resized = np.array(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+        return torch.from_numpy(resized).to(device).permute(2, 0, 1).float(), meta
     tensor = torch.from_numpy(image).to(device).permute(2, 0, 1).float()
-    return resize_image(tensor, size), ImageMeta(img_shape=size, ori_shape=(height, width), scale_factor=scale)
+    return resize_image(tensor, size), meta
 
 
 def normalise_and_pad(images: list[Tensor], cfg: InputConfig, mean: Tensor, std: Tensor) -> Tensor:
