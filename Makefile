@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Two pytest workers on two cores: one math thread each avoids oversubscription.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -p no:cacheprovider tests
 
 demo: $(STAMP)
 	$(PY) -m sipmask demo --out runs/demo
