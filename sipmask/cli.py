@@ -8,7 +8,7 @@ import sys
 from sipmask.errors import SipMaskError
 
 #: Verb modules under sipmask.commands, each exposing register(subparsers) and run(args) -> int.
-COMMANDS: tuple[str, ...] = ("configs", "synth")
+COMMANDS: tuple[str, ...] = ("configs", "synth", "train", "eval", "demo", "convert", "predict", "bench", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sipmask.data.image_io import _pil_to_rgb_uint8, read_image, to_rgb_uint8
+from sipmask.data.image_io import pil_to_rgb_uint8, read_image, to_rgb_uint8
 from sipmask.errors import ImageReadError
 
 
@@ -71,7 +71,7 @@ def test_palette_modes(tmp_path: Path) -> None:
 
 def _convert(image: Image.Image) -> np.ndarray:
     """Modes PNG cannot store are checked through the in-memory converter."""
-    return _pil_to_rgb_uint8(image)
+    return pil_to_rgb_uint8(image)
 
 
 def test_sixteen_bit_keeps_high_byte(tmp_path: Path) -> None:

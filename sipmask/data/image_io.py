@@ -71,7 +71,7 @@ def _scale_by_max(values: np.ndarray) -> np.ndarray:
     return np.round(values * (255.0 / peak)).astype(np.uint8)
 
 
-def _pil_to_rgb_uint8(image: Image.Image) -> np.ndarray:
+def pil_to_rgb_uint8(image: Image.Image) -> np.ndarray:
     """A loaded PIL image of any mode -> [H,W,3] uint8 RGB."""
     mode = image.mode
     if mode == "RGB":
@@ -122,7 +122,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             image = ImageOps.exif_transpose(image) or image
-            return _pil_to_rgb_uint8(image)
+            return pil_to_rgb_uint8(image)
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image file (format not recognised)") from None
     except Image.DecompressionBombError as err:

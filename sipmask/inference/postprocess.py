@@ -10,6 +10,7 @@ from torch import Tensor
 from torchvision.ops import nms as box_nms
 
 from sipmask.config import TestConfig
+from sipmask.inference.masks import paste_instance_masks, upsampled_size
 from sipmask.model.assembly import assemble_sub_masks
 from sipmask.model.head import HeadOutput, MaskRescoring
 from sipmask.ops.boxes import distance_to_box
@@ -111,6 +112,15 @@ def paste_masks(canvas_masks: Tensor, meta: ImageMeta, mask_thr: float) -> Tenso
     return result
 
 
+def _masks(basis: Tensor, coefs: Tensor, canvas_boxes: Tensor, meta: ImageMeta, scale: tuple[float, float],
+           mask_thr: float, grid: int) -> Tensor:
+    """bool [N, H_ori, W_ori]: what paste_masks(crop_split(assemble_sub_masks(...))) gives, computed in
+    each box's window only (sipmask.inference.masks). basis [K, Hc, Wc]; coefs [N, k*k*K];
+    canvas_boxes [N, 4]; scale: (w_scale, h_scale) from original to resized pixels."""
+    out_size = upsampled_size(tuple(basis.shape[-2:]), (CANVAS_STRIDE / scale[1], CANVAS_STRIDE / scale[0]))
+    return paste_instance_masks(basis, coefs, canvas_boxes, out_size, meta.ori_shape, mask_thr, grid)
+
+
 def postprocess(
     out: HeadOutput,
     metas: list[ImageMeta],
@@ -142,15 +152,16 @@ def postprocess(
             det_boxes, scores, labels, keep = multiclass_nms(
                 boxes, probs, ctrs, thr, cfg.iou_thr, cfg.max_per_img, cfg.nms_plus_one, cfg.sqrt_score
             )
-        sub = assemble_sub_masks(out.basis[img : img + 1], coefs[keep], None, grid)  # [N, k*k, Hc, Wc]
-        canvas = crop_split(sub, det_boxes * factor / CANVAS_STRIDE, grid)  # [N, Hc, Wc]
+        canvas_boxes = det_boxes * factor / CANVAS_STRIDE
         result = {
             "boxes": det_boxes.float(),
             "scores": scores.float(),
             "labels": labels.long(),
-            "masks": paste_masks(canvas, meta, cfg.mask_thr),
+            "masks": _masks(out.basis[img], coefs[keep], canvas_boxes, meta, (w_scale, h_scale), cfg.mask_thr, grid),
         }
         if rescoring is not None:
+            sub = assemble_sub_masks(out.basis[img : img + 1], coefs[keep], None, grid)  # [N, k*k, Hc, Wc]
+            canvas = crop_split(sub, canvas_boxes, grid)  # [N, Hc, Wc]
             q = rescoring(canvas[:, None]) if len(canvas) else canvas.new_zeros((0, probs.shape[1]))
             result["mask_scores"] = q[torch.arange(len(labels), device=q.device), labels] * scores
         results.append(result)
@@ -164,9 +175,7 @@ def _benchmark_result(
     2 / min(h_res / h_ori, w_res / w_ori), then boxes resized to the original image (BoxList.resize)."""
     boxes, scores, labels, coefs = _benchmark_detections(out, img, points, cfg, thr, meta.img_shape)
     (h_res, w_res), (h_ori, w_ori) = meta.img_shape, meta.ori_shape
-    sub = assemble_sub_masks(out.basis[img : img + 1], coefs, None, grid)  # [N, k*k, Hc, Wc]
-    canvas = crop_split(sub, boxes / CANVAS_STRIDE, grid)  # [N, Hc, Wc]
     factor = min(h_res / h_ori, w_res / w_ori)
-    masks = paste_masks(canvas, ImageMeta(meta.img_shape, meta.ori_shape, (factor, factor)), cfg.mask_thr)
+    masks = _masks(out.basis[img], coefs, boxes / CANVAS_STRIDE, meta, (factor, factor), cfg.mask_thr, grid)
     ratio = boxes.new_tensor([w_ori / w_res, h_ori / h_res, w_ori / w_res, h_ori / h_res])
     return {"boxes": (boxes * ratio).float(), "scores": scores.float(), "labels": labels.long(), "masks": masks}

@@ -75,12 +75,16 @@ def fast_nms(
     if k == 0:
         empty_long = torch.zeros((0,), dtype=torch.long, device=boxes.device)
         return boxes.new_zeros((0, 4)), boxes.new_zeros((0,)), empty_long, empty_long
-    cls_scores, idx = scores.t().sort(dim=1, descending=True)  # [C, M]
-    cls_scores, idx = cls_scores[:, :k], idx[:, :k]  # [C, k]
-    cls_boxes = boxes[idx]  # [C, k, 4]
-    iou = _batched_iou(cls_boxes)  # [C, k, k]
-    iou = iou.triu(diagonal=1)  # only higher-scored boxes suppress
-    max_iou = iou.max(dim=1).values  # [C, k]
+    cls_scores, idx = scores.t().topk(k, dim=1)  # [C, k], descending
+    if not bool((cls_scores[:, 0] > score_thr).any()):
+        empty_long = torch.zeros((0,), dtype=torch.long, device=boxes.device)
+        return boxes.new_zeros((0, 4)), boxes.new_zeros((0,)), empty_long, empty_long
+    # A box scoring <= score_thr is never kept and only suppresses lower-scored (so also unkept)
+    # boxes of its class: the columns past the last passing score of every class change nothing.
+    live = int((cls_scores > score_thr).sum(dim=1).max())
+    cls_scores, idx = cls_scores[:, :live], idx[:, :live]  # [C, k']
+    iou = _batched_iou(boxes[idx])  # [C, k', k']
+    max_iou = iou.triu_(diagonal=1).max(dim=1).values  # [C, k']: only higher-scored boxes suppress
     keep = (max_iou <= iou_thr) & (cls_scores > score_thr)
     labels = torch.arange(num_classes, device=boxes.device)[:, None].expand_as(keep)[keep]
     kept_scores = cls_scores[keep]
@@ -91,9 +95,9 @@ def fast_nms(
 
 def _batched_iou(boxes: Tensor) -> Tensor:
     """IoU within each batch entry (no "+1", as official `jaccard`): [C, k, 4] -> [C, k, k]."""
-    lt = torch.max(boxes[:, :, None, :2], boxes[:, None, :, :2])
-    rb = torch.min(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-    return inter / (area[:, :, None] + area[:, None, :] - inter)
+    x1, y1, x2, y2 = boxes.unbind(dim=2)  # [C, k] each
+    area = (x2 - x1) * (y2 - y1)
+    inter_w = torch.minimum(x2[:, :, None], x2[:, None, :]).sub_(torch.maximum(x1[:, :, None], x1[:, None, :]))
+    inter_h = torch.minimum(y2[:, :, None], y2[:, None, :]).sub_(torch.maximum(y1[:, :, None], y1[:, None, :]))
+    inter = inter_w.clamp_(min=0).mul_(inter_h.clamp_(min=0))
+    return inter.div_((area[:, :, None] + area[:, None, :]).sub_(inter))

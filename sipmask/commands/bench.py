@@ -1,0 +1,65 @@
+"""`sipmask bench`: median latency of each inference stage, beside torchvision's Mask R-CNN, as a table and JSON."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench", help="latency of each inference stage and of Mask R-CNN R50-FPN, 100 detections",
+        description="Random weights, forced detection count; runs of SipMask and Mask R-CNN interleaved, medians.")
+    p.add_argument("--config", required=True, metavar="PRESET", help="preset name (see `sipmask configs`)")
+    p.add_argument("--size", type=int, default=544, help="input side (default 544)")
+    p.add_argument("--image-size", default=None, metavar="WxH",
+                   help="original image size, resized to the input (default: size x size)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--runs", type=int, default=5, metavar="N", help="measured runs per model (default 5)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N", help="unmeasured runs first (default 1)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: all cores)")
+    p.add_argument("--detections", type=int, default=100, metavar="N", help="forced detections (default 100)")
+    p.add_argument("--onnxruntime", action="store_true",
+                   help="also export the network to ONNX and time ONNX Runtime beside PyTorch in the same runs")
+    p.add_argument("--no-channels-last", action="store_true", help="keep the default memory layout on the CPU")
+    p.add_argument("--no-maskrcnn", action="store_true", help="skip the Mask R-CNN comparison")
+    p.add_argument("--json-out", default=None, metavar="FILE")
+    p.set_defaults(func=run)
+
+
+def _image_size(text: str | None) -> tuple[int, int] | None:
+    from sipmask.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--image-size {text!r}: expected WIDTHxHEIGHT, e.g. 1333x800") from None
+    if width < 1 or height < 1:
+        raise ConfigError(f"--image-size {text!r}: sides must be positive")
+    return width, height
+
+
+def run(args: argparse.Namespace) -> int:
+    from sipmask.evaluation.coco_eval import write_json
+    from sipmask.inference.benchmark import BenchOptions, format_report, run_benchmark
+
+    if args.runs < 1 or args.size < 32:
+        print("error: --runs must be >= 1 and --size >= 32", file=sys.stderr)
+        return 2
+    opts = BenchOptions(
+        config=args.config, size=args.size, image_size=_image_size(args.image_size), device=args.device,
+        runs=args.runs, warmup=args.warmup, threads=args.threads, detections=args.detections,
+        maskrcnn=not args.no_maskrcnn, onnxruntime=args.onnxruntime,
+        channels_last=False if args.no_channels_last else None,
+    )
+    try:
+        report = run_benchmark(opts, progress=lambda line: print(line, file=sys.stderr))
+    except ValueError as err:  # e.g. an unavailable device
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.json_out:
+        write_json(args.json_out, report)
+        print(f"written {args.json_out}")
+    return 0

@@ -1,0 +1,66 @@
+"""`sipmask eval`: COCO box / mask AP of a checkpoint on a dataset, or of a results file."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sipmask.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="COCO AP of a checkpoint (or of a results file)",
+        description="Model-driven: --checkpoint CKPT --images DIR --ann FILE (torchrun shards the images). "
+        "File-driven: --ann FILE --results FILE.",
+    )
+    p.add_argument("--checkpoint", metavar="CKPT", help="sipmask checkpoint (e.g. RUN_DIR/best.pth)")
+    p.add_argument("--images", metavar="DIR", help="image folder of the annotation file")
+    p.add_argument("--ann", required=True, metavar="FILE", help="COCO (or YouTube-VIS, file mode) annotations")
+    p.add_argument("--results", metavar="FILE", help="score this results JSON instead of running a model")
+    p.add_argument("--json-out", metavar="FILE", help="write the metrics JSON here")
+    p.add_argument("--results-out", metavar="FILE", help="write the COCO results JSON here")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--score-thr", type=float, metavar="T", help="score threshold (default: the preset's)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.results is not None:
+        if args.checkpoint or args.images or args.results_out:
+            raise ConfigError("--results scores a file: it does not go with --checkpoint, --images or --results-out")
+        from sipmask.commands.eval_files import run_score_files
+
+        return run_score_files(args.ann, args.results, args.json_out)
+    if not args.checkpoint or not args.images:
+        raise ConfigError("give --checkpoint and --images (or --results to score a results file)")
+    if not Path(args.images).is_dir():
+        raise ConfigError(f"{args.images}: image folder not found")
+    from sipmask.data.coco import load_coco_annotations
+    from sipmask.evaluation.coco_eval import evaluate_model, write_json
+    from sipmask.convert.loading import load_any_checkpoint
+    from sipmask.train.distributed import init_distributed, shutdown
+
+    load_coco_annotations(args.ann)  # fail at once on a bad file
+    ctx = init_distributed(args.device)
+    try:
+        model, state = load_any_checkpoint(args.checkpoint, ctx.device)  # ours or an official file
+        cat_ids = [c["id"] for c in state["classes"]]
+        metrics = evaluate_model(
+            model, args.images, args.ann, cat_ids, ctx, args.results_out, args.progress, args.score_thr
+        )
+    finally:
+        shutdown(ctx)
+    if metrics is None:  # not rank 0
+        return 0
+    from sipmask.commands.eval_files import format_metrics
+
+    print(f"{args.checkpoint} on {args.ann}")
+    print(format_metrics(metrics))
+    if args.results_out:
+        print(f"results written to {args.results_out}")
+    if args.json_out:
+        write_json(args.json_out, metrics)
+        print(f"metrics written to {args.json_out}")
+    return 0

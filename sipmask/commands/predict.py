@@ -1,0 +1,209 @@
+"""`sipmask predict`: segment images, folders, globs, videos or a webcam; drawn outputs, results.json, masks."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sipmask.errors import SipMaskError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from sipmask.inference.predictor import Predictor
+    from sipmask.inference.sources import Source
+
+#: Frame rate written for webcam recordings: V4L2 capture through PyAV does not report one reliably.
+WEBCAM_FPS = 30
+#: Quality of the drawn JPEG images (drawn overlays stay crisp; files stay small).
+JPEG_QUALITY = 92
+#: Errors of one input that must not stop the others (reported by name, exit code 1).
+_INPUT_ERRORS = (SipMaskError, ValueError, OSError, RuntimeError)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict", help="segment images, folders, glob patterns, videos or a webcam",
+        description="Segment every input; write drawn images / videos, results.json (COCO results with "
+                    "file names) and, with --save-masks, one PNG per instance. Exit code 1 when some "
+                    "inputs failed (each is reported with the reason).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders, glob patterns (quoted), video files or a webcam index (0)")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="sipmask checkpoint or official SipMask weights file")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--score-thr", type=float, default=None, metavar="T",
+                   help="keep detections scoring above T (default: the preset's test threshold)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    p.add_argument("--save-masks", action="store_true", help="also write one PNG mask per instance")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    p.add_argument("--onnx", default=None, metavar="FILE",
+                   help="ONNX file from `sipmask export` for --backend onnxruntime (default: export in memory)")
+    p.set_defaults(func=run)
+
+
+class _Outputs:
+    """Unique output names inside the output folder and the collected COCO results."""
+
+    def __init__(self, out: Path, save_masks: bool) -> None:
+        self.out = out
+        self.save_masks = save_masks
+        self.results: list[dict[str, Any]] = []
+        self._taken: set[str] = set()
+        self._next_image_id = 1
+
+    def unique_stem(self, path: Path | None, fallback: str) -> str:
+        stem = path.stem if path is not None else fallback
+        candidate, n = stem, 1
+        while candidate in self._taken:
+            n += 1
+            candidate = f"{stem}_{n}"
+        self._taken.add(candidate)
+        return candidate
+
+    def add(self, result: dict[str, Any], file_name: str, category_ids: list[int], mask_prefix: str,
+            frame_index: int | None = None) -> None:
+        from PIL import Image
+
+        from sipmask.inference.predictor import to_coco_results
+
+        image_id = self._next_image_id
+        self._next_image_id += 1
+        entries = to_coco_results(result, image_id, category_ids)
+        masks = result["masks"].numpy() if self.save_masks else None
+        for i, entry in enumerate(entries):
+            entry["file_name"] = file_name
+            if frame_index is not None:
+                entry["frame_index"] = frame_index
+            if masks is not None:
+                rel = Path("masks") / f"{mask_prefix}_{i:03d}.png"
+                (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(masks[i].astype(np.uint8) * 255).save(self.out / rel)
+                entry["mask_file"] = rel.as_posix()
+        self.results.extend(entries)
+
+
+def _total_frames(sources: list[Source]) -> int | None:
+    from sipmask.inference.video_io import video_info
+
+    total = 0
+    for source in sources:
+        if source.kind == "image":
+            total += 1
+            continue
+        if source.kind == "webcam":
+            return None
+        try:
+            count = video_info(source.path).frame_count
+        except _INPUT_ERRORS:
+            count = 0  # reported when the video is processed
+        if count is None:
+            return None
+        total += count
+    return total
+
+
+def _image(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: float | None, bar: tqdm) -> None:
+    from PIL import Image
+
+    from sipmask.inference.draw import draw_instances
+    from sipmask.inference.predictor import load_image
+
+    array = load_image(source.path)
+    result = predictor(array, score_thr)
+    stem = outputs.unique_stem(source.path, "image")
+    Image.fromarray(draw_instances(array, result, predictor.class_names)).save(
+        outputs.out / f"{stem}.jpg", quality=JPEG_QUALITY)
+    outputs.add(result, str(source.path), predictor.category_ids, stem)
+    bar.update(1)
+
+
+def _video(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: float | None, bar: tqdm) -> bool:
+    """Segment every frame into a drawn video of the same size and frame rate; False if interrupted."""
+    from sipmask.inference.draw import draw_instances
+    from sipmask.inference.video_io import VideoWriter, iter_video_frames, iter_webcam_frames, video_info
+
+    if source.kind == "webcam":
+        frames = iter_webcam_frames(source.webcam_index)
+        stem = outputs.unique_stem(None, f"webcam{source.webcam_index}")
+        fps, size, file_name = WEBCAM_FPS, None, source.name
+    else:
+        info = video_info(source.path)
+        frames = iter_video_frames(source.path)
+        stem = outputs.unique_stem(source.path, "video")
+        fps, size, file_name = info.fps, (info.width, info.height), str(source.path)
+    writer = None
+    try:
+        for index, frame in frames:
+            if writer is None:
+                width, height = size or (frame.shape[1], frame.shape[0])
+                writer = VideoWriter(outputs.out / f"{stem}.mp4", fps, width, height)
+            result = predictor(frame, score_thr)
+            writer.write(draw_instances(frame, result, predictor.class_names))
+            outputs.add(result, file_name, predictor.category_ids, f"{stem}/{index:06d}", frame_index=index)
+            bar.update(1)
+    except KeyboardInterrupt:
+        if source.kind != "webcam":
+            raise
+        return False  # Ctrl-C ends a webcam recording; the file is finished below
+    finally:
+        if writer is not None:
+            writer.close()
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from sipmask.evaluation.coco_eval import write_json
+    from sipmask.inference.predictor import Predictor
+    from sipmask.inference.sources import collect_sources
+
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SipMaskError(f"{out}: cannot create the output folder ({err.strerror or err})") from None
+    if args.backend == "onnxruntime" and args.onnx is None:
+        print("exporting the network to ONNX in memory (`sipmask export` writes a file to reuse)", file=sys.stderr)
+    try:
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend,
+                                              onnx_path=args.onnx)
+    except ValueError as err:  # an unavailable device, a bad option
+        raise SipMaskError(str(err)) from None
+    sources, problems = collect_sources(args.inputs)
+    failures = [f"{name}: {reason}" for name, reason in problems]
+    for message in failures:
+        print(f"failed: {message}", file=sys.stderr)
+    outputs = _Outputs(out, args.save_masks)
+    done = 0
+    bar = tqdm(total=_total_frames(sources), unit="frame", desc="predict", dynamic_ncols=True)
+    try:
+        for source in sources:
+            try:
+                if source.kind == "image":
+                    _image(predictor, source, outputs, args.score_thr, bar)
+                elif not _video(predictor, source, outputs, args.score_thr, bar):
+                    done += 1
+                    break
+                done += 1
+            except _INPUT_ERRORS as err:
+                message = str(err) if isinstance(err, SipMaskError) else f"{source.name}: {err}"
+                bar.write(f"failed: {message}", file=sys.stderr)
+                failures.append(message)
+                if source.kind == "image":
+                    bar.update(1)
+    finally:
+        bar.close()
+        write_json(out / "results.json", outputs.results)
+    print(f"{done} of {len(sources) + len(problems)} inputs segmented, {len(outputs.results)} detections "
+          f"-> {out}/ (drawn results, results.json)")
+    if failures:
+        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
+        for message in failures:
+            print(f"  {message}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,94 @@
+"""`sipmask train`: train a preset on a COCO-format dataset (one process, or many under torchrun)."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from sipmask.errors import ConfigError
+from sipmask.train.trainer import TrainOptions, train
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train on a COCO-format dataset",
+        description="Train a SipMask preset on COCO-format data. Writes RUN_DIR/last.pth, best.pth (with "
+        "--val-*), log.jsonl. Multi-process: torchrun --nproc_per_node=N -m sipmask train ...",
+    )
+    p.add_argument("--config", required=True, metavar="NAME", help="preset name (see `sipmask configs`)")
+    p.add_argument("--train-images", required=True, metavar="DIR")
+    p.add_argument("--train-ann", required=True, metavar="FILE", help="COCO instances JSON")
+    p.add_argument("--val-images", metavar="DIR")
+    p.add_argument("--val-ann", metavar="FILE")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--iters", type=int, metavar="N", help="total iterations (lr steps scaled to fit)")
+    length.add_argument("--epochs", type=int, metavar="N", help="epochs (lr steps scaled to fit)")
+    p.add_argument("--batch-size", type=int, metavar="B",
+                   help="total images per iteration over all processes (default: preset images_per_gpu x processes)")
+    p.add_argument("--lr", type=float, metavar="LR", help="base learning rate (default: the preset's)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pth exactly")
+    p.add_argument("--seed", type=int, default=0, metavar="K")
+    p.add_argument("--strict", action="store_true", help="treat bad images / annotations as errors")
+    p.add_argument("--weights", metavar="CKPT", help="initialise from a sipmask checkpoint (fine-tuning)")
+    p.add_argument("--backbone-weights", metavar="FILE", help="ImageNet ResNet weights (torchvision .pth)")
+    p.add_argument("--eval-every", type=int, metavar="N", help="evaluate every N iterations (default: every epoch)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="write last.pth every N iterations (default: every epoch)")
+    p.add_argument("--log-every", type=int, default=10, metavar="N", help="log.jsonl line every N iterations")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes (0: none)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION__FIELD=JSON",
+                   help="override a preset value, e.g. --set 'input__train_scales=[[640,384]]' (repeatable)")
+    p.set_defaults(func=run)
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected SECTION__FIELD=VALUE")
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text  # a bare string, e.g. --set input__augment=ssd
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    options = TrainOptions(
+        config=args.config,
+        train_images=args.train_images,
+        train_ann=args.train_ann,
+        out=args.out,
+        val_images=args.val_images,
+        val_ann=args.val_ann,
+        iters=args.iters,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        amp=args.amp,
+        resume=args.resume,
+        seed=args.seed,
+        strict=args.strict,
+        weights=args.weights,
+        backbone_weights=args.backbone_weights,
+        eval_every=args.eval_every,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        progress=args.progress,
+        overrides=_parse_overrides(args.overrides),
+    )
+    summary = train(options)
+    if summary.get("is_main", True):
+        print(f"checkpoint: {summary['last']}" + (f"  best: {summary['best']}" if summary["best"] else ""))
+        if summary["metrics"]:
+            print("val metrics: " + json.dumps(summary["metrics"]))
+        if summary["problems"]:
+            print("data problems (skipped): " + json.dumps(summary["problems"]))
+    return 0

@@ -1,0 +1,1 @@
+"""Export: the SipMask network as an ONNX model for ONNX Runtime."""

@@ -1,0 +1,260 @@
+"""Latency benchmark: SipMask stage by stage and whole, beside torchvision's Mask R-CNN R50-FPN, 100 detections each.
+
+Random weights would make the postprocess unrealistically cheap (hardly any detection passes the
+score threshold), so both models are forced to return exactly `detections` per image: score
+threshold 0 (Fast NMS presets and Mask R-CNN; per-class NMS presets keep their threshold and get
+BENCH_ACTIVE_CLASSES likely classes instead), at most `detections` kept, and box regressions that
+give boxes of several sizes; the counts are checked. Runs of the models are interleaved (run i of every model, then run i + 1), so
+that load from other processes on a shared machine hits them alike, and medians are reported.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+#: Bias of the box-distance conv in the benchmark, in stride units: boxes about 16 strides wide. At
+#: 544 px the 100 kept boxes then have a median side of about 110 px and cover 4% of the image on
+#: average (COCO objects: about 7% on average, most detections of a trained model are smaller).
+BENCH_BOX_BIAS = 8.0
+#: Spread of the box-distance conv weights: boxes of many sizes and positions (few suppressed by NMS).
+BENCH_BOX_WEIGHT_STD = 0.5
+#: Per-class NMS presets: this many classes get a high prior (the rest keep the 0.01 prior), so that
+#: thousands of candidates pass the preset's score threshold, as in a busy image, instead of all
+#: (points x classes) candidates at threshold 0, which no trained model produces.
+BENCH_ACTIVE_CLASSES = 8
+BENCH_ACTIVE_PRIOR = 0.3
+#: Seed of the random weights and the random image.
+BENCH_SEED = 0
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    config: str
+    size: int = 544
+    image_size: tuple[int, int] | None = None  # (width, height) of the original image; default size x size
+    device: str = "cpu"
+    runs: int = 5
+    warmup: int = 1
+    threads: int | None = None  # torch.set_num_threads; None: all cores
+    detections: int = 100
+    maskrcnn: bool = True
+    onnxruntime: bool = False  # also time the network exported to ONNX and run by ONNX Runtime, same runs
+    channels_last: bool | None = None  # None: the Predictor's default (on for the CPU)
+
+
+class _Timer:
+    """Wall-clock seconds of a call, with CUDA synchronised before reading the clock."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], Any]) -> tuple[float, Any]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        value = fn()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, value
+
+
+def _sipmask_predictors(opts: BenchOptions):
+    """(torch Predictor, ONNX Runtime Predictor or None) of one random-weight model with forced detections."""
+    from sipmask.config import get_preset
+    from sipmask.inference.predictor import Predictor
+    from sipmask.model.detector import SipMask
+
+    cfg = get_preset(opts.config)
+    cfg = cfg.with_overrides(test__max_per_img=opts.detections, input__test_scale=_test_scale(cfg, opts.size))
+    torch.manual_seed(BENCH_SEED)
+    model = SipMask(cfg).eval()
+    with torch.no_grad():
+        model.head.bbox_pred.bias.fill_(BENCH_BOX_BIAS)
+        model.head.bbox_pred.weight.normal_(0.0, BENCH_BOX_WEIGHT_STD / cfg.head.feat_channels**0.5)
+        if cfg.test.nms == "multiclass":
+            active = min(BENCH_ACTIVE_CLASSES, cfg.head.num_classes)
+            model.head.cls_logits.bias[:active] = math.log(BENCH_ACTIVE_PRIOR / (1 - BENCH_ACTIVE_PRIOR))
+    onnx_model = None
+    if opts.onnxruntime:
+        from sipmask.export.onnx import export_onnx_bytes
+
+        onnx_model = export_onnx_bytes(model, opts.size)
+    predictor = Predictor(model, device=opts.device, channels_last=opts.channels_last)
+    ort = None
+    if onnx_model is not None:
+        ort = Predictor(model, device=opts.device, backend="onnxruntime", onnx_path=onnx_model,
+                        channels_last=opts.channels_last)
+    return predictor, ort
+
+
+def _test_scale(cfg, size: int) -> tuple[int, int]:
+    """The preset's test scale with `size` as the input side: fixed (size, size) or (long, short) limits."""
+    if cfg.input.keep_ratio:
+        long_edge, short_edge = max(cfg.input.test_scale), min(cfg.input.test_scale)
+        return (round(size * long_edge / short_edge), size)
+    return (size, size)
+
+
+def _maskrcnn(opts: BenchOptions, device: torch.device, channels_last: bool, size: tuple[int, int]):
+    """Mask R-CNN R50-FPN, random weights, no download; its transform keeps the (h, w) input as it is."""
+    import torchvision
+
+    torch.manual_seed(BENCH_SEED)
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=min(size), max_size=max(size),
+        box_score_thresh=0.0, box_detections_per_img=opts.detections,
+    ).eval().to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _box_stats(boxes: torch.Tensor, width: int, height: int) -> dict[str, float]:
+    """Median box width / height in pixels and mean box area as a fraction of the image: [N, 4] boxes."""
+    w, h = (boxes[:, 2] - boxes[:, 0]).clamp(min=0), (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    return {"median_width_px": float(w.median()), "median_height_px": float(h.median()),
+            "mean_area_fraction": float((w * h).mean() / (width * height))}
+
+
+def _forced_score_thr(cfg) -> float | None:
+    """Score threshold of the benchmark: 0 with Fast NMS (top-k per class bounds its work), the
+    preset's own with per-class NMS (see BENCH_ACTIVE_CLASSES)."""
+    return 0.0 if cfg.test.nms == "fast" else None
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time everything `opts` asks for; returns a JSON-ready dict of medians, per-run figures and ratios."""
+    threads = opts.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    predictor, ort = _sipmask_predictors(opts)
+    device = predictor.device
+    timer = _Timer(device)
+    width, height = opts.image_size or (opts.size, opts.size)
+    image = np.random.default_rng(BENCH_SEED).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    # Mask R-CNN gets SipMask's resized input (same network input size; it pastes masks at that size).
+    resized = predictor.preprocess([image])[1][0].img_shape
+    mr_input = torch.nn.functional.interpolate(
+        torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None], size=resized, mode="bilinear")[0].to(device)
+    maskrcnn = _maskrcnn(opts, device, predictor.channels_last, resized) if opts.maskrcnn else None
+
+    stages: dict[str, list[float]] = {k: [] for k in ("preprocess", "backbone_fpn", "head", "network", "postprocess")}
+    whole: list[float] = []
+    mr_times: list[float] = []
+    ort_times: dict[str, list[float]] = {"onnxruntime_network": [], "onnxruntime_predict": []}
+    counts: dict[str, int] = {}
+    ort_check: dict[str, Any] | None = None
+    thr = _forced_score_thr(predictor.cfg)
+    with torch.inference_mode():
+        for i in range(opts.warmup + opts.runs):
+            measured = i >= opts.warmup
+            t_pre, (batch, metas) = timer(lambda: predictor.preprocess([image]))
+            t_feat, feats = timer(lambda: predictor.features(batch))
+            t_head, out = timer(lambda: predictor.head(feats))
+            t_post, results = timer(lambda: predictor.postprocess(out, metas, thr))
+            t_whole, result = timer(lambda: predictor(image, thr))
+            counts["sipmask"] = len(result["scores"])
+            if len(results[0]["scores"]) != opts.detections or counts["sipmask"] != opts.detections:
+                raise RuntimeError(f"benchmark: SipMask returned {counts['sipmask']} detections, "
+                                   f"not the forced {opts.detections}")
+            if ort is not None:
+                t_ort_net, _ = timer(lambda: ort.network(batch))
+                t_ort, ort_result = timer(lambda: ort(image, thr))
+                if ort_check is None:
+                    from sipmask.export.onnx import compare_results, results_match
+
+                    ort_check = compare_results(ort_result, result)
+                    ort_check["within_tolerances"] = results_match(ort_check)
+            if maskrcnn is not None:
+                t_mr, mr_out = timer(lambda: maskrcnn([mr_input]))
+                counts["maskrcnn"] = len(mr_out[0]["scores"])
+                if counts["maskrcnn"] != opts.detections:
+                    raise RuntimeError(f"benchmark: Mask R-CNN returned {counts['maskrcnn']} detections, "
+                                       f"not the forced {opts.detections}")
+            if not measured:
+                continue
+            for name, value in (("preprocess", t_pre), ("backbone_fpn", t_feat), ("head", t_head),
+                                ("network", t_feat + t_head), ("postprocess", t_post)):
+                stages[name].append(value)
+            whole.append(t_whole)
+            if ort is not None:
+                ort_times["onnxruntime_network"].append(t_ort_net)
+                ort_times["onnxruntime_predict"].append(t_ort)
+            if maskrcnn is not None:
+                mr_times.append(t_mr)
+            if progress is not None:
+                line = f"run {i - opts.warmup + 1}/{opts.runs}: predict {t_whole * 1e3:.0f} ms"
+                line += f", ONNX Runtime predict {t_ort * 1e3:.0f} ms" if ort is not None else ""
+                progress(line + (f", Mask R-CNN {t_mr * 1e3:.0f} ms" if maskrcnn is not None else ""))
+
+    median = {k: _median(v) for k, v in stages.items() if v}
+    median["predict"] = _median(whole)
+    median.update({k: _median(v) for k, v in ort_times.items() if v})
+    if mr_times:
+        median["maskrcnn"] = _median(mr_times)
+    ratios = {
+        "postprocess_over_network": median["postprocess"] / median["network"],
+        # the same from each run's own back-to-back figures (robust to load that drifts between runs)
+        "postprocess_over_network_run_median": _median(
+            [p / n for p, n in zip(stages["postprocess"], stages["network"])]),
+        "predict_over_backbone_fpn": median["predict"] / median["backbone_fpn"],
+    }
+    if ort is not None:
+        ratios["onnxruntime_over_torch_network"] = median["onnxruntime_network"] / median["network"]
+        ratios["onnxruntime_over_torch_predict"] = median["onnxruntime_predict"] / median["predict"]
+    acceptance = {"postprocess_le_10pct_of_network": ratios["postprocess_over_network"] <= 0.10}
+    if mr_times:
+        ratios["predict_over_maskrcnn"] = median["predict"] / median["maskrcnn"]
+        ratios["predict_over_maskrcnn_run_median"] = _median([p / m for p, m in zip(whole, mr_times)])
+        ratios["network_over_maskrcnn"] = median["network"] / median["maskrcnn"]
+        acceptance["predict_le_0.45_maskrcnn"] = ratios["predict_over_maskrcnn"] <= 0.45
+    return {
+        "options": {**asdict(opts), "threads": threads},
+        "environment": {
+            "device": str(device),
+            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else platform.processor() or platform.machine()),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "channels_last": predictor.channels_last,
+            "onnxruntime": opts.onnxruntime,
+            "input_shape": list(batch.shape),
+            "image_size": [width, height],
+        },
+        "detections": counts,
+        "sipmask_boxes": _box_stats(result["boxes"], width, height),
+        "median_s": median,
+        "runs_s": {**stages, "predict": whole, **{k: v for k, v in ort_times.items() if v},
+                   **({"maskrcnn": mr_times} if mr_times else {})},
+        "onnxruntime_vs_torch": ort_check,
+        "ratios": ratios,
+        "acceptance": acceptance,
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A short table of the medians (ms) and ratios."""
+    lines = [f"{report['options']['config']} at {report['environment']['input_shape'][2]}x"
+             f"{report['environment']['input_shape'][3]} on {report['environment']['device']} "
+             f"({report['options']['threads']} threads, "
+             f"{report['options']['detections']} detections, median of {report['options']['runs']} runs)"]
+    for name, value in report["median_s"].items():
+        lines.append(f"  {name:<14}{value * 1e3:10.1f} ms")
+    for name, value in report["ratios"].items():
+        lines.append(f"  {name:<40}{value:6.3f}")
+    if report.get("onnxruntime_vs_torch"):
+        lines.append(f"  ONNX Runtime vs PyTorch results: {report['onnxruntime_vs_torch']}")
+    for name, value in report["acceptance"].items():
+        lines.append(f"  {name:<40}{'yes' if value else 'NO'}")
+    return "\n".join(lines)

@@ -1,0 +1,276 @@
+"""The Predictor: a checkpoint (or ONNX file) in, segmented images out; one call for a path, array or PIL image.
+
+    predictor = Predictor.from_checkpoint("sipmask.pt")          # device="auto", backend="torch"
+    result = predictor("street.jpg")                             # boxes, scores, labels, masks, class_names
+    entries = to_coco_results(result, image_id=1, category_ids=predictor.category_ids)
+    drawn = predictor.draw("street.jpg", result)                 # HxWx3 uint8 RGB
+
+The pipeline is split in the stages `preprocess` -> `network` (backbone + FPN + head, in PyTorch or
+ONNX Runtime) -> `postprocess`, so that `sipmask bench` can time each; together they compute
+exactly what `SipMask.predict` computes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from sipmask.data.image_io import read_image, to_rgb_uint8
+from sipmask.errors import CheckpointError
+from sipmask.inference.postprocess import ImageMeta, postprocess
+from sipmask.model.detector import SipMask
+from sipmask.model.head import HeadOutput
+from sipmask.model.preprocess import prepare_test_image
+
+#: Intra-op threads of the pre- and postprocess on the CPU. Their tensors are small (up to about a
+#: million elements) and the postprocess has about 300 ops: one thread is about as fast as two on an
+#: idle CPU, and on a busy one every multi-threaded op waits for a descheduled thread (postprocess
+#: measured on this shared 2-core machine: 58 ms with one thread, 1141 ms with two; same outputs).
+LIGHT_STAGE_THREADS = 1
+
+#: What a Predictor accepts as one image.
+ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
+BACKENDS = ("torch", "onnxruntime")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as torch.device."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r} ({err})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+    return resolved
+
+
+def load_image(image: ImageInput) -> np.ndarray:
+    """A path, PIL image or array -> HxWx3 uint8 RGB (paths: ImageReadError; arrays: ValueError)."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        from sipmask.data.image_io import pil_to_rgb_uint8  # the file reader's own mode conversions
+
+        return pil_to_rgb_uint8(ImageOps.exif_transpose(image) or image)
+    return to_rgb_uint8(image)
+
+
+class Predictor:
+    """Inference with a SipMask model; `predictor(image)` -> result dict, `predictor.batch(images)` -> list.
+
+    A result holds CPU tensors boxes float32 [N, 4] (x1, y1, x2, y2, original pixels), scores float32
+    [N], labels int64 [N] (0-based), masks bool [N, H, W] (plus mask_scores [N] for SipMask++), and
+    `class_names`: list[str] [N], the name of each detection's class.
+
+    Args:
+        model: a SipMask model (moved to `device`, set to eval; on the CPU converted to channels_last).
+        class_names / category_ids: per label (0-based); default "class_<i>" / i + 1.
+        device: "auto", "cpu", "cuda", "cuda:1", ...
+        backend: "torch", or "onnxruntime" with `onnx_path` (a file written by `sipmask export`).
+        channels_last: None = on the CPU (oneDNN's faster layout for these convs), off on CUDA.
+        half: float16 network on CUDA (postprocess stays float32).
+        compile: torch.compile the network (CUDA; slow first call).
+    """
+
+    def __init__(
+        self,
+        model: SipMask,
+        class_names: Sequence[str] | None = None,
+        category_ids: Sequence[int] | None = None,
+        device: str | torch.device = "auto",
+        backend: str = "torch",
+        onnx_path: str | os.PathLike | None = None,
+        channels_last: bool | None = None,
+        half: bool = False,
+        compile: bool = False,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.device = resolve_device(device)
+        self.cfg = model.cfg
+        num_classes = self.cfg.head.num_classes
+        default_names = [f"class_{i}" for i in range(num_classes)]
+        self.class_names = list(class_names) if class_names is not None else default_names
+        self.category_ids = ([int(c) for c in category_ids] if category_ids is not None
+                             else list(range(1, num_classes + 1)))
+        if len(self.class_names) != num_classes or len(self.category_ids) != num_classes:
+            raise ValueError(f"the model has {num_classes} classes, got {len(self.class_names)} names "
+                             f"and {len(self.category_ids)} category ids")
+        if half and self.device.type != "cuda":
+            raise ValueError("half precision is a CUDA option (float16 convs are slow or missing on the CPU)")
+        self.backend = backend
+        self.half = half
+        self.model = model.to(self.device).eval()
+        if channels_last is None:
+            channels_last = self.device.type == "cpu"
+        self.channels_last = channels_last
+        self.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        if half:
+            self.model.backbone.half()
+            self.model.neck.half()
+            self.model.head.half()
+            if self.model.head.rescoring is not None:
+                self.model.head.rescoring.float()  # runs in the float32 postprocess
+        self._session = None
+        if backend == "onnxruntime":
+            if onnx_path is None:
+                raise ValueError("backend 'onnxruntime' needs onnx_path (write one with `sipmask export`)")
+            from sipmask.export.onnx import OnnxNetwork
+
+            self._session = OnnxNetwork(onnx_path, device=self.device)
+            stored = self._session.config_dict()
+            if stored is not None and stored != json.loads(json.dumps(self.cfg.to_dict())):
+                raise CheckpointError(f"{self._session.name}: this ONNX file was exported from a model with "
+                                      "another config than the checkpoint's")
+        self._network_fn = torch.compile(self._torch_network) if compile else self._torch_network
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "auto",
+        backend: str = "torch",
+        onnx_path: str | os.PathLike | None = None,
+        **options: Any,
+    ) -> "Predictor":
+        """Load a sipmask checkpoint or an official SipMask file (converted in memory).
+
+        With backend="onnxruntime" and no onnx_path, the network is exported to ONNX in memory first
+        (seconds to a minute; `sipmask export` writes a file to reuse).
+        """
+        model, state = load_checkpoint_model(path)
+        names, ids = checkpoint_classes(state)
+        if backend == "onnxruntime" and onnx_path is None:
+            from sipmask.export.onnx import export_onnx_bytes
+
+            onnx_path = export_onnx_bytes(model)
+        return cls(model, names, ids, device=device, backend=backend, onnx_path=onnx_path, **options)
+
+    # ------------------------------------------------------------------ stages
+    def preprocess(self, arrays: Sequence[np.ndarray]) -> tuple[Tensor, list[ImageMeta]]:
+        """HxWx3 uint8 RGB arrays -> (normalised padded batch [B, 3, H, W], per-image ImageMeta)."""
+        with self._light_stage():
+            prepared = [prepare_test_image(a, self.cfg.input, self.device) for a in arrays]
+            batch = self.model.batch_images([p[0] for p in prepared])
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch, [p[1] for p in prepared]
+
+    def _light_stage(self):
+        """Context of the pre- and postprocess: LIGHT_STAGE_THREADS intra-op threads on the CPU."""
+        return _intra_op_threads(LIGHT_STAGE_THREADS if self.device.type == "cpu" else None)
+
+    def features(self, batch: Tensor) -> list[Tensor]:
+        """Backbone + FPN (torch backend): [B, 3, H, W] -> P3..P7."""
+        return self.model.features(batch.half() if self.half else batch)
+
+    def head(self, feats: list[Tensor]) -> HeadOutput:
+        """The SipMask head (torch backend), outputs in float32."""
+        out = self.model.head(feats)
+        return _to_float(out) if self.half else out
+
+    def _torch_network(self, batch: Tensor) -> HeadOutput:
+        return self.head(self.features(batch))
+
+    def network(self, batch: Tensor) -> HeadOutput:
+        """Backbone + FPN + head on the chosen backend: [B, 3, H, W] -> HeadOutput (float32)."""
+        if self._session is not None:
+            return self._session(batch)
+        return self._network_fn(batch)
+
+    def postprocess(self, out: HeadOutput, metas: list[ImageMeta],
+                    score_thr: float | None = None) -> list[dict[str, Any]]:
+        """Scoring, NMS and masks at the original size; CPU tensors plus class_names per detection."""
+        with self._light_stage():
+            results = postprocess(out, metas, self.cfg.test, self.cfg.head.strides, self.cfg.head.grid, score_thr,
+                                  self.model.head.rescoring)
+        finished = []
+        for r in results:
+            r = {k: v.cpu() for k, v in r.items()}
+            r["class_names"] = [self.class_names[int(i)] for i in r["labels"]]
+            finished.append(r)
+        return finished
+
+    # ------------------------------------------------------------------ calls
+    @torch.inference_mode()
+    def batch(self, images: Sequence[ImageInput], score_thr: float | None = None) -> list[dict[str, Any]]:
+        """Segment several images in one padded batch (same-size images batch best)."""
+        if len(images) == 0:
+            return []
+        arrays = []
+        for i, image in enumerate(images):
+            try:
+                arrays.append(load_image(image))
+            except ValueError as err:
+                raise ValueError(f"image {i}: {err}") from None
+        batch, metas = self.preprocess(arrays)
+        return self.postprocess(self.network(batch), metas, score_thr)
+
+    def __call__(self, image: ImageInput, score_thr: float | None = None) -> dict[str, Any]:
+        """Segment one image: a file path, an HxW(x1/3/4) uint8/uint16 array or a PIL image."""
+        return self.batch([image], score_thr)[0]
+
+    def draw(self, image: ImageInput, result: dict[str, Any], score_thr: float = 0.0) -> np.ndarray:
+        """The image (path, array or PIL) with the result's masks, boxes, names and scores drawn: HxWx3 uint8."""
+        from sipmask.inference.draw import draw_instances
+
+        return draw_instances(load_image(image), result, self.class_names, score_thr)
+
+
+def to_coco_results(result: dict[str, Any], image_id: int, category_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """One result -> COCO results entries: image_id, category_id (category_ids[label]), bbox [x, y, w, h],
+    score, segmentation (compressed RLE by pycocotools, counts as str)."""
+    from sipmask.evaluation.coco_eval import result_to_coco
+
+    tensors = {k: v for k, v in result.items() if isinstance(v, Tensor)}
+    return result_to_coco(tensors, image_id, category_ids)
+
+
+def load_checkpoint_model(path: str | os.PathLike) -> tuple[SipMask, dict[str, Any]]:
+    """(model on the CPU in eval mode, checkpoint metadata) from a sipmask or official checkpoint."""
+    from sipmask.convert.loading import load_any_checkpoint
+
+    return load_any_checkpoint(Path(path), "cpu")
+
+
+def checkpoint_classes(state: dict[str, Any]) -> tuple[list[str] | None, list[int] | None]:
+    """(class names, category ids) per label from a checkpoint dict, None where it has none."""
+    classes = state.get("classes")
+    if isinstance(classes, list) and classes and all(isinstance(c, dict) for c in classes):
+        try:
+            return [str(c["name"]) for c in classes], [int(c["id"]) for c in classes]
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint 'classes' entries need 'id' and 'name' ({err})") from None
+    names, ids = state.get("class_names"), state.get("category_ids")
+    return (list(names) if names else None), ([int(i) for i in ids] if ids else None)
+
+
+@contextmanager
+def _intra_op_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `count` inside the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _to_float(out: HeadOutput) -> HeadOutput:
+    return HeadOutput(*([t.float() for t in group] for group in out[:4]), out.basis.float())
+
+
+__all__ = ["Predictor", "to_coco_results", "load_image", "resolve_device"]

@@ -1,0 +1,401 @@
+"""The training loop: official SGD recipe, exact resume, atomic checkpoints, logs, eval, torchrun/DDP.
+
+One call, `train(options)`, runs a whole training (or continues one with `resume=True`):
+- SGD with momentum and weight decay; official parameter groups (`param_groups`); warm-up + step
+  schedule from the preset (`sipmask.train.schedule`), iteration-based.
+- Data order and augmentation are functions of (seed, iteration) (`sipmask.data.loader`), model
+  initialisation is seeded, and checkpoints carry model, optimiser, AMP scaler, iteration and RNG
+  states: a run killed at any point and resumed from `last.pth` ends with the same weights (CPU).
+- `RUN_DIR/last.pth` (atomic), `RUN_DIR/best.pth` (best val mask AP), `RUN_DIR/log.jsonl`, a tqdm
+  bar (loss / lr / speed / ETA), TensorBoard events when `tensorboard` is installed.
+- Under torchrun: DistributedDataParallel (NCCL on GPUs, gloo on CPU), each rank taking
+  total_batch / world_size images of every global batch; logged losses are averaged over ranks.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sipmask.config import SipMaskConfig, TrainConfig, get_preset
+from sipmask.data.coco import CocoDataset, load_coco_annotations
+from sipmask.data.loader import TrainBatchSampler, iters_per_epoch, make_train_loader, worker_error_message
+from sipmask.data.transforms import TrainTransform
+from sipmask.errors import CheckpointError, ConfigError, SipMaskError
+from sipmask.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from sipmask.train.distributed import DistContext, barrier, broadcast_object, init_distributed, mean_across, shutdown
+from sipmask.train.schedule import Schedule, make_schedule
+
+#: Official MM paramwise options of the HR configs: bias lr x2, bias weight decay 0 (norms excluded).
+BIAS_LR_MULT = 2.0
+BIAS_DECAY_MULT = 0.0
+#: Norm layers that the official regex `(bn|gn)(\d+)?.(weight|bias)` does not match because the
+#: official module is named `norm` (FeatureAlign's GN): their bias is treated as an ordinary bias.
+OFFICIAL_UNMATCHED_NORMS = ("feature_align.norm",)
+#: Metric that decides best.pth.
+BEST_METRIC = ("segm", "AP")
+
+
+class TrainingError(SipMaskError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+@dataclass
+class TrainOptions:
+    """Everything `sipmask train` accepts (see `sipmask train --help`)."""
+
+    config: str
+    train_images: str
+    train_ann: str
+    out: str
+    val_images: str | None = None
+    val_ann: str | None = None
+    iters: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None  # total over all processes; default images_per_gpu x processes
+    lr: float | None = None
+    device: str = "cpu"
+    amp: bool = False
+    resume: bool = False
+    seed: int = 0
+    strict: bool = False
+    weights: str | None = None
+    backbone_weights: str | None = None
+    eval_every: int | None = None  # iterations; default: at the end of every epoch and of training
+    workers: int = 2
+    checkpoint_every: int | None = None  # iterations; default: every epoch and at the end
+    log_every: int = 10
+    progress: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)  # config overrides, SECTION__FIELD=value
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig, base_lr: float) -> list[dict[str, Any]]:
+    """Official optimiser groups.
+
+    paramwise (MM HR / VIS / BM): biases get lr x2 and no weight decay, except the biases of
+    norm layers (BN / GN), which keep the plain lr and weight decay like every other weight.
+    Frozen parameters (requires_grad False) are left out. Each group remembers its `base_lr`.
+    """
+    norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    norm_param_ids: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, norm_types) and not name.endswith(OFFICIAL_UNMATCHED_NORMS):
+            norm_param_ids.update(id(p) for p in module.parameters(recurse=False))
+    plain, biases = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if cfg.paramwise and name.endswith(".bias") and id(p) not in norm_param_ids:
+            biases.append(p)
+        else:
+            plain.append(p)
+    groups = [{"params": plain, "lr": base_lr, "base_lr": base_lr, "weight_decay": cfg.weight_decay}]
+    if biases:
+        lr = base_lr * BIAS_LR_MULT
+        groups.append({"params": biases, "lr": lr, "base_lr": lr, "weight_decay": cfg.weight_decay * BIAS_DECAY_MULT})
+    return groups
+
+
+def _as_tuple(value: Any) -> Any:
+    """JSON lists -> tuples, as the frozen config dataclasses hold them."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+def _targets_to(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    return [
+        {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+        for t in targets
+    ]
+
+
+def _load_init_weights(model: nn.Module, path: str) -> list[str]:
+    """--weights: start from a sipmask checkpoint; tensors whose shape differs (e.g. another class
+    count) are skipped. Returns the skipped keys."""
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(usable))
+    model.load_state_dict(usable, strict=False)
+    return skipped
+
+
+class _Logger:
+    """JSON-lines log (+ TensorBoard when installed), main process only."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = out / "log.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.tb is not None and "iter" in record:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "iter":
+                    self.tb.add_scalar(key, value, record["iter"])
+                elif isinstance(value, dict):
+                    for sub, v in value.items():
+                        if isinstance(v, dict):
+                            for name, x in v.items():
+                                self.tb.add_scalar(f"{key}/{sub}/{name}", x, record["iter"])
+                        elif isinstance(v, (int, float)):
+                            self.tb.add_scalar(f"{key}/{sub}", v, record["iter"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(options: TrainOptions) -> dict[str, Any]:
+    """Run (or resume) a training. Returns {"iterations", "last", "best", "metrics", "problems"}."""
+    ctx = init_distributed(options.device)
+    try:
+        return _Trainer(options, ctx).run()
+    finally:
+        shutdown(ctx)
+
+
+class _Trainer:
+    def __init__(self, opts: TrainOptions, ctx: DistContext):
+        self.opts = opts
+        self.ctx = ctx
+        self.out = Path(opts.out)
+        if opts.iters is not None and opts.epochs is not None:
+            raise ConfigError("give either --iters or --epochs, not both")
+        for flag, value in (("--iters", opts.iters), ("--epochs", opts.epochs), ("--batch-size", opts.batch_size),
+                            ("--eval-every", opts.eval_every), ("--checkpoint-every", opts.checkpoint_every)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+        if opts.lr is not None and not opts.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {opts.lr}")
+        if (opts.val_images is None) != (opts.val_ann is None):
+            raise ConfigError("--val-images and --val-ann go together")
+        if opts.amp and opts.device != "cuda":
+            raise ConfigError("--amp needs --device cuda")
+        preset = get_preset(opts.config)
+        if opts.overrides:
+            preset = preset.with_overrides(**{k: _as_tuple(v) for k, v in opts.overrides.items()})
+        if opts.val_ann is not None:
+            load_coco_annotations(opts.val_ann)  # a bad val file fails now, not after hours
+        self.dataset = CocoDataset(
+            opts.train_images, opts.train_ann, TrainTransform(preset.input), strict=opts.strict, seed=opts.seed,
+            quiet=not ctx.is_main,
+        )
+        if len(self.dataset) == 0:
+            raise ConfigError(f"{opts.train_ann}: no usable training image")
+        self.cfg: SipMaskConfig = preset.with_overrides(num_classes=self.dataset.num_classes)
+        self.total_batch = opts.batch_size or self.cfg.train.images_per_gpu * ctx.world_size
+        if self.total_batch % ctx.world_size:
+            raise ConfigError(f"--batch-size {self.total_batch} is not divisible by the {ctx.world_size} processes")
+        self.ipe = iters_per_epoch(len(self.dataset), self.total_batch, self.cfg.train.repeat_dataset)
+        self.schedule: Schedule = make_schedule(self.cfg.train, self.ipe, opts.iters, opts.epochs)
+        self.base_lr = opts.lr if opts.lr is not None else self.cfg.train.lr
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _build(self) -> None:
+        from sipmask.model.detector import build_model
+
+        torch.manual_seed(self.opts.seed)  # the same initial weights in every process and run
+        model = build_model(self.cfg)
+        if self.opts.backbone_weights:
+            model.backbone.load_imagenet(self.opts.backbone_weights)
+        if self.opts.weights:
+            skipped = _load_init_weights(model, self.opts.weights)
+            if skipped and self.ctx.is_main:
+                print(f"--weights: {len(skipped)} tensors not taken (new shape), e.g. {skipped[0]}")
+        self.model = model.to(self.ctx.device)
+        self.optimizer = torch.optim.SGD(
+            param_groups(self.model, self.cfg.train, self.base_lr),
+            lr=self.base_lr,
+            momentum=self.cfg.train.momentum,
+            weight_decay=self.cfg.train.weight_decay,
+        )
+        self.use_amp = self.opts.amp and self.ctx.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    @property
+    def _bare_model(self) -> nn.Module:
+        """The model without its DistributedDataParallel wrapper."""
+        return self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
+
+    def _state(self, iteration: int) -> dict[str, Any]:
+        return {
+            "preset": self.cfg.name,
+            "config": self.cfg.to_dict(),
+            "classes": [{"id": cid, "name": name} for cid, name in zip(self.dataset.label_to_cat_id, self.dataset.class_names)],
+            "model": self._bare_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "schedule": self.schedule.to_dict(),
+            "iteration": iteration,
+            "rng": capture_rng(),
+            "data": {"seed": self.opts.seed, "total_batch": self.total_batch, "dataset_len": len(self.dataset),
+                     "iters_per_epoch": self.ipe, "iteration": iteration},
+            "metrics": self.last_metrics,
+            "best_metric": self.best_metric,
+            "train_args": {k: v for k, v in asdict(self.opts).items() if k != "progress"},
+        }
+
+    def _resume(self) -> tuple[int, dict[str, Any] | None]:
+        path = self.out / "last.pth"
+        if not path.exists():
+            raise CheckpointError(f"{path}: --resume given but there is no last.pth in {self.out}")
+        state = load_checkpoint(path)
+        data = state.get("data", {})
+        for key, mine in (("seed", self.opts.seed), ("total_batch", self.total_batch), ("dataset_len", len(self.dataset))):
+            if data.get(key) != mine:
+                raise CheckpointError(
+                    f"{path}: was written with {key}={data.get(key)!r} but this run has {key}={mine!r}; "
+                    "resume with the same data, --seed and --batch-size"
+                )
+        if state.get("preset") != self.cfg.name:
+            raise CheckpointError(f"{path}: was trained with --config {state.get('preset')!r}, not {self.cfg.name!r}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{path}: does not fit this model / optimiser ({str(err).splitlines()[0]})") from None
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.best_metric = state.get("best_metric")
+        self.last_metrics = state.get("metrics")
+        return int(state["iteration"]), state.get("rng")
+
+    # -- pieces of the loop -----------------------------------------------------------------
+    def _evaluate(self) -> dict[str, Any] | None:
+        from sipmask.evaluation.coco_eval import evaluate_model
+
+        metrics = evaluate_model(
+            self._bare_model, self.opts.val_images, self.opts.val_ann, self.dataset.label_to_cat_id, self.ctx
+        )
+        return broadcast_object(self.ctx, metrics)
+
+    def _step(self, it: int, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> dict[str, float]:
+        """One SGD step at 0-based iteration `it`. Returns the loss terms (+ "loss"), averaged over ranks."""
+        factor = self.schedule.factor(it)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        images = [im.to(self.ctx.device, non_blocking=True) for im in images]
+        targets = _targets_to(targets, self.ctx.device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+            losses = self.model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            terms = {k: round(float(v), 4) for k, v in losses.items()}
+            raise TrainingError(f"the loss became {loss.item()} at iteration {it + 1} ({terms}); try a lower --lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        values = mean_across(self.ctx, {k: float(v.detach()) for k, v in losses.items()})
+        values["loss"] = sum(values.values())
+        return values
+
+    def _evaluate_and_track(self, done: int, logger: _Logger, bar: Any) -> bool:
+        """Evaluate on the val split; True when this is the best mask AP so far."""
+        metrics = self._evaluate()
+        self.last_metrics = metrics
+        best = False
+        score = metrics[BEST_METRIC[0]][BEST_METRIC[1]] if metrics else None
+        if score is not None and (self.best_metric is None or score > self.best_metric):
+            self.best_metric, best = score, True
+        if self.ctx.is_main:
+            logger.write({"iter": done, "eval": metrics, "best": best})
+            message = f"iter {done}: " + ", ".join(f"{t} AP {m['AP']:.3f}" for t, m in metrics.items())
+            (bar.write if bar is not None else print)(message)
+        return best
+
+    def _save(self, iteration: int, best: bool) -> None:
+        if self.ctx.is_main:
+            state = self._state(iteration)
+            save_checkpoint(state, self.out / "last.pth")
+            if best:
+                save_checkpoint(state, self.out / "best.pth")
+        barrier(self.ctx)
+
+    def run(self) -> dict[str, Any]:
+        opts, ctx = self.opts, self.ctx
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        barrier(ctx)
+        self._build()
+        self.best_metric: float | None = None
+        self.last_metrics: dict[str, Any] | None = None
+        start, rng_state = self._resume() if opts.resume else (0, None)
+        total = self.schedule.total_iters
+        if ctx.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None
+            )
+        logger = _Logger(self.out, ctx.is_main)
+        if ctx.is_main and not opts.resume:
+            logger.write({"event": "start", "preset": self.cfg.name, "total_iters": total, "iters_per_epoch": self.ipe,
+                          "total_batch": self.total_batch, "world_size": ctx.world_size, "base_lr": self.base_lr,
+                          "schedule": self.schedule.to_dict(), "num_images": len(self.dataset),
+                          "classes": self.dataset.class_names})
+        sampler = TrainBatchSampler(
+            len(self.dataset), self.total_batch, total, opts.seed, start, ctx.rank, ctx.world_size,
+            self.cfg.train.repeat_dataset,
+        )
+        batches = iter(make_train_loader(self.dataset, sampler, opts.workers))
+        if rng_state is not None:  # after the loader drew its worker seed: RNG as at the save
+            restore_rng(rng_state)
+        eval_every = opts.eval_every or self.ipe
+        ckpt_every = opts.checkpoint_every or self.ipe
+        bar = None
+        if ctx.is_main and opts.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=start, unit="it", desc="train", dynamic_ncols=True)
+        self.model.train()
+        tic = time.perf_counter()
+        for it in range(start, total):
+            try:
+                images, targets, problems = next(batches)
+            except SipMaskError as err:  # e.g. --strict and a corrupt image, met in a worker
+                raise type(err)(worker_error_message(err)) from None
+            self.dataset.problem_log.merge(problems)
+            values = self._step(it, images, targets)
+            done = it + 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            if bar is not None:
+                bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
+                bar.update(1)
+            if ctx.is_main and (done % opts.log_every == 0 or done == total or done == start + 1):
+                elapsed = time.perf_counter() - tic
+                speed = (done - start) / elapsed
+                logger.write({"iter": done, "epoch": it // self.ipe + 1, "lr": lr, "loss": values.pop("loss"),
+                              "losses": values, "s_per_iter": 1.0 / speed, "eta_s": (total - done) / speed})
+            best = False
+            if opts.val_ann is not None and (done % eval_every == 0 or done == total):
+                best = self._evaluate_and_track(done, logger, bar)
+            if done % ckpt_every == 0 or done == total or best:
+                self._save(done, best)
+        if bar is not None:
+            bar.close()
+        if ctx.is_main:
+            logger.write({"event": "end", "iter": total, "problems": self.dataset.problems, "metrics": self.last_metrics})
+        logger.close()
+        return {
+            "is_main": ctx.is_main,
+            "iterations": total,
+            "last": str(self.out / "last.pth"),
+            "best": str(self.out / "best.pth") if (self.out / "best.pth").exists() else None,
+            "metrics": self.last_metrics,
+            "problems": self.dataset.problems,
+        }

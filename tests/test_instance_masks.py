@@ -1,0 +1,51 @@
+"""Window-wise instance masks equal the whole-canvas computation (assemble, crop_split, upsample, threshold)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sipmask.inference.masks import paste_instance_masks, upsampled_size
+from sipmask.inference.postprocess import CANVAS_STRIDE, ImageMeta, paste_masks
+from sipmask.model.assembly import assemble_sub_masks
+from sipmask.ops.crop_split import crop_split
+
+
+def _reference(basis, coefs, boxes, meta, thr, grid):
+    sub = assemble_sub_masks(basis[None], coefs, None, grid)
+    return paste_masks(crop_split(sub, boxes, grid), meta, thr)
+
+
+@pytest.mark.parametrize("canvas, img_shape, ori_shape, grid, spread", [
+    ((48, 64), (96, 128), (96, 128), 2, 0.3),  # no resize, small boxes
+    ((48, 64), (96, 120), (70, 88), 2, 1.0),  # downscaled image, boxes up to the whole image (full-canvas path)
+    ((40, 56), (80, 100), (150, 190), 3, 0.4),  # upscaled, grid 3
+    ((32, 32), (64, 64), (30, 200), 2, 0.5),  # anisotropic, paste size smaller than the upsampled canvas
+])
+def test_equals_whole_canvas_computation(canvas, img_shape, ori_shape, grid, spread):
+    g = torch.Generator().manual_seed(0)
+    n, k = 40, 8
+    basis = torch.rand(k, *canvas, generator=g)
+    coefs = torch.randn(n, grid * grid * k, generator=g)
+    h, w = img_shape
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w, h]) * 0.95
+    wh = torch.rand(n, 2, generator=g) * torch.tensor([w, h]) * spread
+    boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w, h]).float())], 1)
+    boxes[0] = torch.tensor([0.0, 0.0, w, h])  # touches every border
+    boxes[1] = torch.tensor([10.3, 7.7, 10.3, 7.7])  # empty
+    boxes[2] = torch.tensor([w - 3.2, h - 2.9, w, h])  # tiny, in the corner
+    scale = (w / ori_shape[1], h / ori_shape[0])
+    meta = ImageMeta(img_shape, ori_shape, scale)
+    canvas_boxes = boxes / CANVAS_STRIDE
+    expected = _reference(basis, coefs, canvas_boxes, meta, 0.4, grid)
+    out_size = upsampled_size(canvas, (CANVAS_STRIDE / scale[1], CANVAS_STRIDE / scale[0]))
+    got = paste_instance_masks(basis, coefs, canvas_boxes, out_size, ori_shape, 0.4, grid)
+    assert got.shape == expected.shape == (n, *ori_shape) and got.dtype == torch.bool
+    assert expected.any(dim=(1, 2)).sum() > n // 2  # the comparison is not between empty masks
+    # Same values up to float rounding: only pixels at the threshold may differ.
+    assert int((got != expected).sum()) <= 2
+    assert not got[1].any()
+
+
+def test_no_detections():
+    out = paste_instance_masks(torch.rand(4, 8, 8), torch.zeros(0, 16), torch.zeros(0, 4), (16, 16), (10, 12), 0.4, 2)
+    assert out.shape == (0, 10, 12)
