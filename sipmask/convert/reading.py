@@ -44,8 +44,7 @@ def _describe_load_error(err: Exception) -> str:
     found = _GLOBAL.search(text)
     if found:
         name = found.group(1)
-        module, _, attr = name.rpartition(".")
-        if not module or not attr:  # a cut-off name: the pickle stream itself is broken
+        if not name or name.endswith("."):  # a cut-off name: the pickle stream itself is broken
             return "truncated or corrupt file (the pickle stream ends early); download it again"
         return (f"refused to load: the file pickles the Python object {name!r}, which could run code; "
                 "official SipMask checkpoints hold only tensors and plain values")

@@ -46,18 +46,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint without running code from it. Raises CheckpointError(file: reason)."""
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a sipmask checkpoint (on the CPU) without running code from it. Raises CheckpointError(file: reason)."""
+    from sipmask.convert.reading import read_weights_file
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file (0 bytes)")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types here (pickle, zip, RuntimeError, ...)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
+    state = read_weights_file(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a sipmask checkpoint (top level is {type(state).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in state]
