@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import nms as box_nms
 
 from sipmask.config import TestConfig
 from sipmask.inference.masks import paste_instance_masks, upsampled_size
@@ -15,7 +14,7 @@ from sipmask.model.assembly import assemble_sub_masks
 from sipmask.model.head import HeadOutput, MaskRescoring
 from sipmask.ops.boxes import distance_to_box
 from sipmask.ops.crop_split import crop_split
-from sipmask.ops.nms import fast_nms, multiclass_nms
+from sipmask.ops.nms import fast_nms, multiclass_nms, per_class_nms
 from sipmask.train.targets import level_points
 
 #: The basis canvas is at half the input resolution (official stride-2 basis masks).
@@ -80,12 +79,8 @@ def _benchmark_detections(
         labels.append(label)
         coefs.append(out.coefs[level][img].flatten(1).t()[point])
     boxes, scores, labels, coefs = torch.cat(boxes), torch.cat(scores), torch.cat(labels), torch.cat(coefs)
-    nms_boxes = boxes.clone()
-    if cfg.nms_plus_one:
-        nms_boxes[:, 2:] += 1.0  # "+1" widths, as the official ml_nms
-    keeps = [members[box_nms(nms_boxes[members], scores[members], cfg.iou_thr)]
-             for members in (torch.nonzero(labels == lab).squeeze(1) for lab in torch.unique(labels))]
-    keep = torch.cat(keeps).sort().values if keeps else labels.new_zeros((0,))
+    # class-aware NMS with "+1" widths as the official ml_nms; survivors in candidate order
+    keep = per_class_nms(boxes, scores, labels, cfg.iou_thr, cfg.nms_plus_one).sort().values
     if keep.numel() > cfg.max_per_img > 0:
         kth = scores[keep].kthvalue(keep.numel() - cfg.max_per_img + 1).values
         keep = keep[scores[keep] >= kth]

@@ -31,11 +31,7 @@ def multiclass_nms(
         empty = boxes.new_zeros((0,))
         return boxes.new_zeros((0, 4)), empty, labels, cand
     cand_boxes = boxes[cand]
-    # torchvision's IoU has no "+1": widen each box by one pixel to get the mmdet v1 convention.
-    nms_boxes = cand_boxes.clone()
-    if plus_one:
-        nms_boxes[:, 2:] += 1.0
-    keep = _per_class_nms(nms_boxes, scores, labels, iou_thr)
+    keep = per_class_nms(cand_boxes, scores, labels, iou_thr, plus_one)
     # Official order: by class, then candidate index.
     order = torch.argsort(labels[keep] * (boxes.shape[0] + 1) + cand[keep], stable=True)
     keep = keep[order]
@@ -45,9 +41,16 @@ def multiclass_nms(
     return cand_boxes[keep], scores[keep], labels[keep], cand[keep]
 
 
-def _per_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thr: float) -> Tensor:
-    """NMS within each class, one class at a time (no coordinate-offset trick, which costs float precision)."""
-    keeps = []
+def per_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thr: float, plus_one: bool = False) -> Tensor:
+    """Kept indices [K] of NMS within each class (suppress iff IoU > iou_thr), grouped by class.
+
+    One class at a time: no coordinate-offset trick, which costs float precision. plus_one uses the
+    mmdet v1 "+1" widths (torchvision's IoU has none, so each box is widened by one pixel).
+    """
+    if plus_one:
+        boxes = boxes.clone()
+        boxes[:, 2:] += 1.0
+    keeps = [labels.new_zeros((0,))]
     for label in torch.unique(labels):
         members = torch.nonzero(labels == label).squeeze(1)
         keeps.append(members[nms(boxes[members], scores[members], iou_thr)])

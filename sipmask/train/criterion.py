@@ -9,7 +9,7 @@ from sipmask.config import HeadConfig, LossConfig
 from sipmask.model.head import HeadOutput, MaskRescoring
 from sipmask.ops.boxes import distance_to_box
 from sipmask.train.losses import box_loss, centerness_loss, sigmoid_focal_loss_sum
-from sipmask.train.mask_loss import MaskLossInputs, mask_alignment_loss, rescoring_loss
+from sipmask.train.mask_loss import MaskLossInputs, kept_positives, mask_alignment_loss, rescoring_loss
 from sipmask.train.targets import Targets, centerness_targets, fcos_targets, level_points
 
 #: The basis canvas is at half the input resolution (official stride-2 basis masks).
@@ -132,8 +132,7 @@ class SipMaskCriterion:
         return losses
 
     def _rescoring(self, rescoring: MaskRescoring, inputs: MaskLossInputs, pred_masks: Tensor) -> Tensor:
-        boxes = inputs.pred_boxes
-        keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 1.0
+        keep = kept_positives(inputs.pred_boxes)  # the rows of pred_masks
         if pred_masks.shape[0] == 0:
             return sum(p.sum() * 0.0 for p in rescoring.parameters())
         q = rescoring(pred_masks.detach()[:, None])  # [N, C]

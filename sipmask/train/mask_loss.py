@@ -43,6 +43,12 @@ class MaskLossInputs(NamedTuple):
     labels: Tensor
 
 
+def kept_positives(pred_boxes: Tensor) -> Tensor:
+    """Positives that enter the mask losses: predicted canvas box area > 1 (official). [N, 4] -> [N] bool."""
+    area = (pred_boxes[:, 2] - pred_boxes[:, 0]) * (pred_boxes[:, 3] - pred_boxes[:, 1])
+    return area > MIN_CANVAS_BOX_AREA
+
+
 def mask_alignment_loss(
     basis: Tensor,
     inputs: MaskLossInputs,
@@ -59,14 +65,13 @@ def mask_alignment_loss(
     masks [N, Hc, Wc] for the re-scoring loss). With weighted=False every w_n = 1 (ablation).
     """
     boxes = inputs.pred_boxes
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep = area > MIN_CANVAS_BOX_AREA
+    keep = kept_positives(boxes)
     if not bool(keep.any()):
         # Zero, but connected to every mask parameter (DDP expects each parameter to get a gradient).
         zero = basis.sum() * 0.0 + inputs.coefs.sum() * 0.0
         return zero, basis.new_zeros((0,) + basis.shape[-2:])
     idx = inputs.image_index[keep]
-    coefs, boxes, area = inputs.coefs[keep], boxes[keep], area[keep]
+    coefs, boxes = inputs.coefs[keep], boxes[keep]
     counts = torch.bincount(idx, minlength=num_images).to(basis.dtype)  # [B]
     per_count = counts[idx]  # [N] number of kept positives of the same image
 
