@@ -76,7 +76,7 @@ class TestConfig:
     score_thr: float = 0.05
     threshold_on: str = "prob"  # "prob": raw class probability (HR); "score": prob x centerness (RT)
     iou_thr: float = 0.5
-    max_per_img: int = 100
+    max_per_img: int = 100  # detections kept per image; <= 0: no cap
     fast_nms_top_k: int = 200  # per-class candidates of Fast NMS (official hard-coded 200)
     nms_plus_one: bool = True  # "+1" widths in the NMS IoU (official multiclass NMS)
     sqrt_score: bool = False  # BM: score = sqrt(prob x centerness)

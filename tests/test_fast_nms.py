@@ -17,7 +17,8 @@ def _reference(boxes, scores, score_thr, iou_thr, top_k, max_per_img):
     for c in range(scores.shape[1]):
         ranked = sorted(range(scores.shape[0]), key=lambda i: (-float(scores[i, c]), i))[:top_k]
         for pos, i in enumerate(ranked):
-            if float(scores[i, c]) > score_thr and all(float(iou[i, j]) <= iou_thr for j in ranked[:pos]):
+            # the threshold is compared in the scores' dtype, as the code does
+            if bool(scores[i, c] > score_thr) and all(float(iou[i, j]) <= iou_thr for j in ranked[:pos]):
                 kept.append((float(scores[i, c]), i, c))
     kept.sort(key=lambda t: (-t[0], t[1], t[2]))
     return kept[:max_per_img] if max_per_img > 0 else kept
@@ -85,3 +86,24 @@ def test_nothing_above_threshold():
     boxes, scores = torch.rand(5, 4), torch.full((5, 3), 0.01)
     out = fast_nms(boxes, scores, 0.05, 0.5, 200, 100)
     assert [t.shape[0] for t in out] == [0, 0, 0, 0]
+
+
+def test_threshold_is_compared_in_the_scores_dtype():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
+    scores = torch.tensor([[0.05], [0.06]])  # float32(0.05) > 0.05 as doubles, not as float32
+    _, _, _, cand = fast_nms(boxes, scores, 0.05, 0.5, 200, 100)
+    assert cand.tolist() == [1]
+    assert _reference(boxes, scores, 0.05, 0.5, 200, 100) == [(float(scores[1, 0]), 1, 0)]
+
+
+def test_max_per_img_zero_or_less_keeps_all():
+    from sipmask.ops.nms import multiclass_nms
+
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(50, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + 10], dim=1)
+    scores = torch.rand(50, 2, generator=g)
+    for cap in (0, -1):
+        assert len(fast_nms(boxes, scores, 0.05, 0.5, 200, cap)[1]) == len(fast_nms(boxes, scores, 0.05, 0.5, 200, 10**6)[1])
+        kept = multiclass_nms(boxes, scores, torch.ones(50), 0.05, 0.5, cap)[1]
+        assert len(kept) == len(multiclass_nms(boxes, scores, torch.ones(50), 0.05, 0.5, 10**6)[1]) > 50

@@ -49,3 +49,35 @@ def test_equals_whole_canvas_computation(canvas, img_shape, ori_shape, grid, spr
 def test_no_detections():
     out = paste_instance_masks(torch.rand(4, 8, 8), torch.zeros(0, 16), torch.zeros(0, 4), (16, 16), (10, 12), 0.4, 2)
     assert out.shape == (0, 10, 12)
+
+
+def _random_case(n=30, canvas=(40, 52), grid=2, seed=1, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.rand(8, *canvas, generator=g, dtype=dtype)
+    coefs = torch.randn(n, grid * grid * 8, generator=g, dtype=dtype)
+    h, w = canvas
+    xy = torch.rand(n, 2, generator=g, dtype=dtype) * torch.tensor([w, h], dtype=dtype)
+    boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g, dtype=dtype) * 15], dim=1)
+    return basis, coefs, boxes
+
+
+def test_per_pixel_writes_equal_block_writes(monkeypatch):
+    """The per-pixel write path (used with deterministic CUDA index_put) gives the same masks."""
+    import sipmask.inference.masks as masks
+
+    basis, coefs, boxes = _random_case()
+    blocks = paste_instance_masks(basis, coefs, boxes, (80, 104), (75, 110), 0.4, 2)
+    monkeypatch.setattr(masks, "_block_writes_supported", lambda result: False)
+    pixels = paste_instance_masks(basis, coefs, boxes, (80, 104), (75, 110), 0.4, 2)
+    assert blocks.any() and torch.equal(blocks, pixels)
+
+
+def test_float64_boxes_select_the_float32_pixels():
+    """crop_split tests boxes in float32; a float64 box just past an integer keeps that pixel column."""
+    basis = torch.rand(4, 40, 40, dtype=torch.float64) + 1  # every sub-mask probability > 0.5
+    coefs = torch.ones(1, 4, dtype=torch.float64)
+    boxes = torch.tensor([[11.0000002, 5.0, 20.0, 20.0]], dtype=torch.float64)  # float32(11.0000002) == 11
+    meta = ImageMeta((80, 80), (80, 80), (1.0, 1.0))
+    expected = _reference(basis, coefs, boxes, meta, 0.5, 1)
+    got = paste_instance_masks(basis, coefs, boxes, (80, 80), (80, 80), 0.5, 1)
+    assert torch.equal(got, expected)

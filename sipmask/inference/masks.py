@@ -132,11 +132,23 @@ def paste_instance_masks(
         pixels = (rows[:, :, None] * wc + cols[:, None, :]).view(-1)  # [g*ch*cw] canvas pixel of each window cell
         window = pixel_bases.index_select(0, pixels).view(g, ch * cw, num_bases)  # K contiguous floats per pixel
         sub = torch.bmm(coefs[idx], window.transpose(1, 2)).view(g, cells, ch, cw).sigmoid_()  # [g, k*k, ch, cw]
-        shift = torch.stack((x.canvas_origin, y.canvas_origin), dim=1).repeat(1, 2).to(boxes.dtype)
-        canvas = crop_split(sub, boxes[idx] - shift, grid)  # [g, ch, cw], local coordinates (exact shift)
-        result_windows = _window_view(result, y.length, x.length)  # [N, ., ., hw, ww]
-        result_windows[idx, y.origin, x.origin] = _bilinear(canvas, y.taps, x.taps) > mask_thr
+        # crop_split tests boxes in float32: shifting a float32 box by an integer origin no larger
+        # than its corner is exact, so the local box selects the same pixels as the global one
+        shift = torch.stack((x.canvas_origin, y.canvas_origin), dim=1).repeat(1, 2).float()
+        canvas = crop_split(sub, boxes[idx].float() - shift, grid)  # [g, ch, cw], local coordinates
+        _write_windows(result, idx, y, x, _bilinear(canvas, y.taps, x.taps) > mask_thr)
     return result
+
+
+def _write_windows(result: Tensor, idx: Tensor, y: _GroupAxis, x: _GroupAxis, windows: Tensor) -> None:
+    """result[idx[i], y.origin[i]:+hw, x.origin[i]:+ww] = windows[i] for the [g, hw, ww] windows."""
+    if not _block_writes_supported(result):  # index every pixel instead
+        _, height, width = result.shape
+        start = idx * (height * width) + y.origin * width + x.origin  # [g]
+        offsets = torch.arange(y.length, device=idx.device)[:, None] * width + torch.arange(x.length, device=idx.device)
+        result.view(-1)[(start[:, None, None] + offsets).view(-1)] = windows.reshape(-1)
+        return
+    _window_view(result, y.length, x.length)[idx, y.origin, x.origin] = windows
 
 
 def _bilinear(canvas: Tensor, y: _AxisTaps, x: _AxisTaps) -> Tensor:
@@ -152,6 +164,12 @@ def _bilinear(canvas: Tensor, y: _AxisTaps, x: _AxisTaps) -> Tensor:
     top = rows.index_select(0, (y.i0 + first_row).view(-1)).view(g, -1, rows.shape[1])  # [g, hw, ww]
     bottom = rows.index_select(0, (y.i1 + first_row).view(-1)).view_as(top)
     return top.mul_(y.w0[:, :, None]).add_(bottom.mul_(y.w1[:, :, None]))
+
+
+def _block_writes_supported(result: Tensor) -> bool:
+    """Whether indexed writes into the overlapping `_window_view` are safe: not with deterministic
+    CUDA index_put, which copies its whole (here hugely overlapping) destination and back."""
+    return not (result.is_cuda and torch.are_deterministic_algorithms_enabled())
 
 
 def _window_view(result: Tensor, height: int, width: int) -> Tensor:

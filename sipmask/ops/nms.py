@@ -21,7 +21,8 @@ def multiclass_nms(
     boxes: [M, 4]; probs: [M, C] class probabilities; centerness: [M].
     Returns (boxes [K, 4], scores [K], labels [K] 0-based, candidate index [K] into M), grouped by
     class in ascending order and, within a class, in ascending candidate index (the official
-    order) when at most max_per_img survive; otherwise the max_per_img highest scores.
+    order) when at most max_per_img survive (or max_per_img <= 0: no cap); otherwise the
+    max_per_img highest scores.
     """
     cand, labels = torch.nonzero(probs > score_thr, as_tuple=True)  # ascending (candidate, class)
     scores = probs[cand, labels] * centerness[cand]
@@ -35,7 +36,7 @@ def multiclass_nms(
     # Official order: by class, then candidate index.
     order = torch.argsort(labels[keep] * (boxes.shape[0] + 1) + cand[keep], stable=True)
     keep = keep[order]
-    if keep.numel() > max_per_img:
+    if 0 < max_per_img < keep.numel():
         top = torch.argsort(scores[keep], descending=True, stable=True)[:max_per_img]
         keep = keep[top]
     return cand_boxes[keep], scores[keep], labels[keep], cand[keep]
@@ -59,8 +60,9 @@ def per_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thr: float,
 
 #: Fast NMS decides the (class, candidate) pairs best first, on a prefix of the score order that
 #: starts at FAST_NMS_PREFIX x max_per_img pairs and grows FAST_NMS_PREFIX_GROWTH-fold until
-#: max_per_img survivors are found: a pair's fate depends only on higher-scored pairs of its
-#: class, so a prefix is decided exactly, and the 80 x 200 x 200 IoUs of all classes are rarely needed.
+#: max_per_img survivors are found: a pair's fate depends only on the pairs of its class before it
+#: in the (tie-broken) score order, so a prefix is decided exactly, and the 80 x 200 x 200 IoUs of
+#: all classes are rarely needed.
 FAST_NMS_PREFIX = 2
 FAST_NMS_PREFIX_GROWTH = 4
 
