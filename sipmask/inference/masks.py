@@ -6,9 +6,9 @@ stride-2 canvas [Hc, Wc], stitched inside the box (crop_split, 0 outside), upsam
 of the original image. Outside its box a canvas is 0, so its upsampled mask is 0 there too: this
 module computes every step only in a window around the box (one window size per group of
 detections of similar size, so there is no Python loop over detections), with the source
-coordinates of the full-size upsampling, and copies each window into the [N, H, W] result as one block. The
-values equal the full-canvas computation up to float rounding (a pixel can only flip where its
-probability is within rounding of the threshold).
+coordinates of the full-size upsampling, and copies each window into the [N, H, W] result as one
+block. The values equal the full-canvas computation up to float rounding (a pixel can only flip
+where its probability is within rounding of the threshold).
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ WINDOW_MAX_FRACTION = 0.3
 
 
 class _AxisTaps(NamedTuple):
-    """PyTorch's bilinear taps (align_corners=False, output size given) of every output index of
-    one axis: source indices i0, i1 and weights w0, w1, each [L]."""
+    """PyTorch's bilinear taps (align_corners=False, output size given) of output indices along one
+    axis: source indices i0, i1 and weights w0, w1, each [L] (or [g, L] for a group's windows)."""
 
     i0: Tensor
     i1: Tensor
