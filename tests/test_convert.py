@@ -316,3 +316,44 @@ def test_predictor_and_cli_take_an_official_file_directly(tmp_path, capsys):
     Image.fromarray(image).save(tmp_path / "a.png")
     code = cli.main(["predict", "--checkpoint", str(path), str(tmp_path / "a.png"), "--out", str(tmp_path / "out")])
     assert code == 0 and (tmp_path / "out" / "results.json").exists()
+
+
+def test_directory_and_non_torch_files_are_named(tmp_path):
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(CheckpointError, match=r"weights: is a directory"):
+        load_any_checkpoint(tmp_path / "weights")
+    (tmp_path / "notes.pth").write_text("hello, not weights\n")
+    with pytest.raises(CheckpointError, match=r"notes\.pth: not a PyTorch weights file \(neither"):
+        load_any_checkpoint(tmp_path / "notes.pth")
+
+
+def test_trained_checkpoint_that_does_not_fit_names_the_tensors(tmp_path):
+    from sipmask.train.checkpoint import build_model_from_checkpoint, save_checkpoint
+
+    model = SipMask(get_preset("tiny").with_overrides(num_classes=2))
+    weights = model.state_dict()
+    del weights["head.bbox_pred.bias"]
+    weights["head.cls_logits.weight"] = weights["head.cls_logits.weight"][:1]
+    path = save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "model": weights,
+                            "classes": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, tmp_path / "t.pth")
+    expected = (r"t\.pth: weights do not fit .*missing: head\.bbox_pred\.bias; "
+                r"shape differs: head\.cls_logits\.weight \(1, .*\) vs \(2, ")
+    for load in (load_any_checkpoint, build_model_from_checkpoint):
+        with pytest.raises(CheckpointError, match=expected):
+            load(path)
+
+
+@pytest.mark.parametrize("classes, message", [
+    ([{"id": 1, "name": "a"}], r"t\.pth: 1 class names for a model of 2 classes"),
+    ([{"id": 1, "name": "a"}, {"id": 1, "name": "b"}], r"t\.pth: duplicate category ids"),
+    ([{"id": 1}, {"id": 2}], r"t\.pth: 'classes' entries need 'id' and 'name'"),
+])
+def test_checkpoint_classes_that_do_not_fit_are_refused(tmp_path, classes, message):
+    from sipmask.inference.predictor import Predictor
+    from sipmask.train.checkpoint import save_checkpoint
+
+    model = SipMask(get_preset("tiny").with_overrides(num_classes=2))
+    path = save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "model": model.state_dict(),
+                            "classes": classes}, tmp_path / "t.pth")
+    with pytest.raises(CheckpointError, match=message):
+        Predictor.from_checkpoint(path, device="cpu")

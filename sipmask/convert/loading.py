@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from sipmask.convert.official import checkpoint_payload, convert_official
-from sipmask.convert.reading import read_weights_file
+from sipmask.convert.reading import describe_state_dict_mismatch, read_weights_file
 from sipmask.errors import CheckpointError
 from sipmask.model.detector import SipMask
 
@@ -34,7 +34,7 @@ def load_any_checkpoint(path: str | os.PathLike, device: str | torch.device = "c
     model = SipMask(cfg)
     try:
         model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{path}: weights do not fit the model its config describes ({str(err).splitlines()[0]})") from None
+    except RuntimeError:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
+                              f"({describe_state_dict_mismatch(model, state['model'])})") from None
     return model.to(device).eval(), {k: v for k, v in state.items() if k != "model"}

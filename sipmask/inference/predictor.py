@@ -149,7 +149,7 @@ class Predictor:
         (seconds to a minute; `sipmask export` writes a file to reuse).
         """
         model, state = load_checkpoint_model(path)
-        names, ids = checkpoint_classes(state)
+        names, ids = checkpoint_classes(state, path, model.cfg.head.num_classes)
         if backend == "onnxruntime" and onnx_path is None:
             from sipmask.export.onnx import export_onnx_bytes
 
@@ -243,16 +243,27 @@ def load_checkpoint_model(path: str | os.PathLike) -> tuple[SipMask, dict[str, A
     return load_any_checkpoint(Path(path), "cpu")
 
 
-def checkpoint_classes(state: dict[str, Any]) -> tuple[list[str] | None, list[int] | None]:
-    """(class names, category ids) per label from a checkpoint dict, None where it has none."""
+def checkpoint_classes(state: dict[str, Any], path: str | os.PathLike = "checkpoint",
+                       num_classes: int | None = None) -> tuple[list[str] | None, list[int] | None]:
+    """(class names, category ids) per label from a checkpoint dict, None where it has none.
+
+    Raises CheckpointError naming `path` for malformed entries, duplicate ids, or (given
+    num_classes, the model's) a count that does not match the model."""
     classes = state.get("classes")
     if isinstance(classes, list) and classes and all(isinstance(c, dict) for c in classes):
         try:
-            return [str(c["name"]) for c in classes], [int(c["id"]) for c in classes]
+            names, ids = [str(c["name"]) for c in classes], [int(c["id"]) for c in classes]
         except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"checkpoint 'classes' entries need 'id' and 'name' ({err})") from None
-    names, ids = state.get("class_names"), state.get("category_ids")
-    return (list(names) if names else None), ([int(i) for i in ids] if ids else None)
+            raise CheckpointError(f"{path}: 'classes' entries need 'id' and 'name' ({err})") from None
+    else:
+        names, ids = state.get("class_names"), state.get("category_ids")
+        names, ids = (list(names) if names else None), ([int(i) for i in ids] if ids else None)
+    if ids is not None and len(set(ids)) != len(ids):
+        raise CheckpointError(f"{path}: duplicate category ids in its classes")
+    for what, values in (("class names", names), ("category ids", ids)):
+        if num_classes is not None and values is not None and len(values) != num_classes:
+            raise CheckpointError(f"{path}: {len(values)} {what} for a model of {num_classes} classes")
+    return names, ids
 
 
 @contextmanager

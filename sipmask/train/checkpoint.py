@@ -79,8 +79,11 @@ def build_model_from_checkpoint(path: str | os.PathLike, device: str | torch.dev
     model = build_model(cfg)
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({str(err).splitlines()[0]})") from None
+    except RuntimeError:
+        from sipmask.convert.reading import describe_state_dict_mismatch
+
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
+                              f"({describe_state_dict_mismatch(model, state['model'])})") from None
     return model.to(device).eval(), state
 
 
