@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from sipmask.errors import SipMaskError
 
@@ -22,9 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line for a command-line user (Python's default adds the source file and line)."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    default_format, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         return int(args.func(args) or 0)
     except SipMaskError as err:
@@ -33,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = default_format
 
 
 if __name__ == "__main__":
