@@ -5,6 +5,7 @@ import logging
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -102,3 +103,29 @@ def test_webcam_missing_device_is_a_clear_error() -> None:
     index = 97  # no machine running the tests has 98 cameras
     with pytest.raises(ImageReadError, match=f"webcam {index}"):
         iter_webcam_frames(index)
+
+
+def test_mp4_cut_short_says_how_many_frames_it_lost(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An mp4 with its index in front (faststart) still opens when cut; the missing frames are reported."""
+    path = tmp_path / "clip.mp4"
+    container = av.open(str(path), "w", options={"movflags": "+faststart"})
+    stream = container.add_stream("mpeg4", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger=video_io.__name__):
+        decoded = list(iter_video_frames(cut))
+    assert 0 < len(decoded) < 20
+    assert any(f"{cut}: the file ends early: {len(decoded)} of the 20 frames" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=video_io.__name__):
+        assert len(list(iter_video_frames(path))) == 20
+    assert not caplog.records

@@ -108,6 +108,9 @@ def _decode(container: av.container.InputContainer, name: str) -> Iterator[tuple
             index += 1
         if index == 0:
             raise ImageReadError(f"{name}: the video has no decodable frames")
+        if stream.frames and index < stream.frames:  # the stream ended before the header's frame count
+            logger.warning("%s: the file ends early: %d of the %d frames its header declares were decoded",
+                           name, index, stream.frames)
     finally:
         container.close()
 
