@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -146,13 +149,14 @@ class SipMaskConfig:
         return cls(**kwargs)
 
     def with_overrides(self, **overrides: Any) -> "SipMaskConfig":
-        """Return a copy with dotted or section-level overrides, e.g. head__grid=3 or num_classes=5."""
+        """Return a copy with dotted or section-level overrides, e.g. head__grid=3 or num_classes=5.
+
+        Values are checked against the field types (lists become tuples, ints become floats where a
+        float is expected); a value of the wrong type raises ConfigError naming the override.
+        """
         cfg = self
         for key, value in overrides.items():
-            if key == "num_classes":
-                cfg = replace(cfg, head=replace(cfg.head, num_classes=int(value)))
-                continue
-            section, _, attr = key.partition("__")
+            section, _, attr = ("head", "", "num_classes") if key == "num_classes" else key.partition("__")
             if not attr:
                 raise ConfigError(f"override {key!r}: use SECTION__FIELD, e.g. head__grid=3")
             sub = getattr(cfg, section, None)
@@ -160,7 +164,11 @@ class SipMaskConfig:
                 f.name for f in dataclasses.fields(sub)
             }:
                 raise ConfigError(f"override {key!r}: no field {attr!r} in section {section!r}")
-            cfg = replace(cfg, **{section: replace(sub, **{attr: value})})
+            hint = typing.get_type_hints(type(sub))[attr]
+            checked = _coerce(value, hint)
+            if checked is _MISMATCH:
+                raise ConfigError(f"override {key}: expected {_describe(hint, article=True)}, got {value!r}")
+            cfg = replace(cfg, **{section: replace(sub, **{attr: checked})})
         _validate(cfg)
         return cfg
 
@@ -174,6 +182,66 @@ _SECTION_CLASSES = {
     "input": InputConfig,
     "train": TrainConfig,
 }
+
+
+#: Returned by _coerce when a value does not fit a type hint (None is a valid value).
+_MISMATCH = object()
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """`value` converted to the field type `hint` (JSON lists -> tuples, ints -> floats), or _MISMATCH.
+
+    Handles the hints of the config dataclasses: int, float, bool, str, None, X | Y,
+    tuple[X, ...] and tuple[X, Y, ...] (nested).
+    """
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            checked = _coerce(value, option)
+            if checked is not _MISMATCH:
+                return checked
+        return _MISMATCH
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return _MISMATCH
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = [_coerce(v, args[0]) for v in value]
+        elif len(args) == len(value):
+            items = [_coerce(v, a) for v, a in zip(value, args)]
+        else:
+            return _MISMATCH
+        return _MISMATCH if any(v is _MISMATCH for v in items) else tuple(items)
+    if hint is type(None):
+        return None if value is None else _MISMATCH
+    if hint is bool:
+        return value if isinstance(value, bool) else _MISMATCH
+    if hint is int:
+        return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else _MISMATCH
+    if hint is float:
+        return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else _MISMATCH
+    if hint is str:
+        return value if isinstance(value, str) else _MISMATCH
+    return value  # a type these configs do not use: no check
+
+
+def _describe(hint: Any, article: bool = False) -> str:
+    """A type hint in words, e.g. 'an int', 'a list [int, int]', 'a bool or null'."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option, article) for option in typing.get_args(hint))
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            text = f"[{_describe(args[0])}, ...]"
+        else:
+            text = "[" + ", ".join(_describe(a) for a in args) + "]"
+        return f"a list {text}" if article else text
+    names = {int: "int", float: "number", bool: "bool", str: "string", type(None): "null"}
+    text = names.get(hint, getattr(hint, "__name__", str(hint)))
+    if not article or hint is type(None):
+        return text
+    return ("an " if text[0] in "aeiou" else "a ") + text
 
 
 def _as_tuple(value: Any) -> Any:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from sipmask.data.coco import CocoDataset, load_coco_annotations
+from sipmask.data.coco import CocoDataset, load_coco_annotations, segmentation_problem
 from sipmask.data.loader import TrainBatchSampler, make_train_loader
 from sipmask.errors import AnnotationError, ImageReadError
 from tests.coco_helpers import (
@@ -198,3 +199,58 @@ def test_partly_degenerate_polygon_keeps_its_usable_parts(tmp_path):
     _, target, _ = ds[0]
     assert ds.problems == {}
     assert torch.equal(target["masks"][0], torch.from_numpy(rect_mask(H, W, 10, 5, 20, 15)))
+
+
+#: Segmentations that cannot be read as an HxW mask, with the reason reported for each.
+BAD_SEGMENTATIONS = {
+    "rle_garbage_string": ({"size": [H, W], "counts": "!!!garbage"}, "not a valid COCO RLE string"),
+    "rle_string_too_short": ({"size": [H, W], "counts": "5"}, f"cover 5 pixels, not {H}x{W}"),
+    "rle_string_cut": (lambda m: {**m, "counts": m["counts"][:-1]}, "not a valid COCO RLE string"),
+    "rle_counts_overflow": ({"size": [H, W], "counts": [10, 10**9]}, f"not {H}x{W} = {H * W}"),
+    "rle_counts_float": ({"size": [H, W], "counts": [10, 1e9]}, "non-negative integers"),
+    "rle_counts_negative": ({"size": [H, W], "counts": [H * W + 5, -5]}, "non-negative integers"),
+    "rle_counts_short": ({"size": [H, W], "counts": [100, 50, 10]}, f"cover 160 pixels, not {H}x{W}"),
+    "rle_counts_int": ({"size": [H, W], "counts": 7}, "list of integers or a string"),
+    "rle_bad_size": ({"size": "40x60", "counts": [H * W]}, "size must be [height, width]"),
+    "rle_other_size": ({"size": [5, 5], "counts": [25]}, "differs from the image's"),
+    "segmentation_str": ("abc", "neither polygons nor RLE"),
+    "segmentation_missing": (None, "no segmentation"),
+}
+
+
+def _bad_segmentation(name):
+    seg, reason = BAD_SEGMENTATIONS[name]
+    if callable(seg):
+        seg = seg(compressed_rle(rect_mask(H, W, 10, 5, 20, 15)))
+    return seg, reason
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SEGMENTATIONS))
+def test_unreadable_segmentation_is_reported_once_when_read_and_skipped(tmp_path, name):
+    seg, reason = _bad_segmentation(name)
+    write_image(tmp_path / "1.png", H, W)
+    bad = _ann(2, 1, 2, [10, 5, 20, 15], seg)
+    if seg is None:
+        del bad["segmentation"]
+    anns = [_ann(1, 1, 5, [10, 5, 20, 15], rect_polygon(10, 5, 20, 15)), bad]
+    ann = write_coco(tmp_path / "ann.json", [{"id": 1, "file_name": "1.png", "width": W, "height": H}], anns, CATS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = CocoDataset(tmp_path, ann)
+        for _ in range(3):
+            _, target, problems = ds[0]  # loading must not meet the bad mask (pycocotools would raise)
+    messages = [str(w.message) for w in caught if "skipped" in str(w.message)]
+    assert ds.problems == {"bad_segmentation": 1}
+    assert len(messages) == 1 and str(ann) in messages[0] and reason in messages[0], messages
+    assert problems == [] and target["masks"].shape == (1, H, W)
+    with pytest.raises(AnnotationError, match=re.escape(reason)):
+        CocoDataset(tmp_path, ann, strict=True)
+
+
+def test_valid_rle_of_any_mask_passes_the_check():
+    rng = np.random.default_rng(0)
+    for k in range(50):
+        h, w = (int(v) for v in rng.integers(1, 80, size=2))
+        mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        assert segmentation_problem(compressed_rle(mask), h, w) is None, k
+        assert segmentation_problem(uncompressed_rle(mask), h, w) is None, k

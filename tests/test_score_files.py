@@ -167,3 +167,14 @@ def test_cli_eval_file_mode(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert main(["eval", "--ann", str(DATA / "edge4_gt.json"), "--results", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.json: entry 0: unknown video_id 12345" in err
+
+
+def test_unreadable_ground_truth_mask_is_refused_before_scoring(tmp_path: Path) -> None:
+    data, results = _coco_case(0)
+    data["annotations"][1]["segmentation"] = {"size": [data["images"][0]["height"], data["images"][0]["width"]],
+                                              "counts": "!!!garbage"}
+    ann, res = tmp_path / "gt.json", tmp_path / "res.json"
+    ann.write_text(json.dumps(data))
+    res.write_text(json.dumps(results))
+    with pytest.raises(AnnotationError, match=r"gt\.json: annotations\[1\] \(id 2\): .*RLE"):
+        score_results_file(ann, res)

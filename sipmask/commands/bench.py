@@ -4,20 +4,25 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sipmask.commands.arguments import int_at_least, non_negative_int, positive_int
+
+#: Smallest input side: the input is padded to a multiple of 32 (the backbone's output stride).
+MIN_SIZE = 32
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench", help="latency of each inference stage and of Mask R-CNN R50-FPN, 100 detections",
         description="Random weights, forced detection count; runs of SipMask and Mask R-CNN interleaved, medians.")
     p.add_argument("--config", required=True, metavar="PRESET", help="preset name (see `sipmask configs`)")
-    p.add_argument("--size", type=int, default=544, help="input side (default 544)")
+    p.add_argument("--size", type=int_at_least(MIN_SIZE), default=544, help=f"input side, >= {MIN_SIZE} (default 544)")
     p.add_argument("--image-size", default=None, metavar="WxH",
                    help="original image size, resized to the input (default: size x size)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--runs", type=int, default=5, metavar="N", help="measured runs per model (default 5)")
-    p.add_argument("--warmup", type=int, default=1, metavar="N", help="unmeasured runs first (default 1)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: all cores)")
-    p.add_argument("--detections", type=int, default=100, metavar="N", help="forced detections (default 100)")
+    p.add_argument("--runs", type=positive_int, default=5, metavar="N", help="measured runs per model (default 5)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, metavar="N", help="unmeasured runs first (default 1)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch threads (default: all cores)")
+    p.add_argument("--detections", type=positive_int, default=100, metavar="N", help="forced detections (default 100)")
     p.add_argument("--onnxruntime", action="store_true",
                    help="also export the network to ONNX and time ONNX Runtime beside PyTorch in the same runs")
     p.add_argument("--no-channels-last", action="store_true", help="keep the default memory layout on the CPU")
@@ -44,9 +49,6 @@ def run(args: argparse.Namespace) -> int:
     from sipmask.evaluation.coco_eval import write_json
     from sipmask.inference.benchmark import BenchOptions, format_report, run_benchmark
 
-    if args.runs < 1 or args.size < 32:
-        print("error: --runs must be >= 1 and --size >= 32", file=sys.stderr)
-        return 2
     opts = BenchOptions(
         config=args.config, size=args.size, image_size=_image_size(args.image_size), device=args.device,
         runs=args.runs, warmup=args.warmup, threads=args.threads, detections=args.detections,

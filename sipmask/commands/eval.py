@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sipmask.commands.arguments import probability
 from sipmask.errors import ConfigError
 
 
@@ -21,12 +22,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json-out", metavar="FILE", help="write the metrics JSON here")
     p.add_argument("--results-out", metavar="FILE", help="write the COCO results JSON here")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--score-thr", type=float, metavar="T", help="score threshold (default: the preset's)")
+    p.add_argument("--score-thr", type=probability, metavar="T", help="score threshold in [0, 1] (default: the preset's)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from sipmask.evaluation.coco_eval import check_output_file
+
+    for option, path in (("--json-out", args.json_out), ("--results-out", args.results_out)):
+        if path is not None:
+            check_output_file(path, option)  # before any work, not after the whole evaluation
     if args.results is not None:
         if args.checkpoint or args.images or args.results_out:
             raise ConfigError("--results scores a file: it does not go with --checkpoint, --images or --results-out")
@@ -37,12 +43,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --checkpoint and --images (or --results to score a results file)")
     if not Path(args.images).is_dir():
         raise ConfigError(f"{args.images}: image folder not found")
-    from sipmask.data.coco import load_coco_annotations
+    from sipmask.data.coco import load_coco_ground_truth
     from sipmask.evaluation.coco_eval import evaluate_model, write_json
     from sipmask.convert.loading import load_any_checkpoint
     from sipmask.train.distributed import init_distributed, shutdown
 
-    load_coco_annotations(args.ann)  # fail at once on a bad file
+    load_coco_ground_truth(args.ann)  # fail at once on a bad file or an annotation that cannot be scored
     ctx = init_distributed(args.device)
     try:
         model, state = load_any_checkpoint(args.checkpoint, ctx.device)  # ours or an official file

@@ -7,6 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+from sipmask.commands.arguments import int_at_least
+
+#: Smallest example side: the input is padded to a multiple of 32 (the backbone's output stride).
+MIN_SIZE = 32
 #: Seed of the random check image (the check is reproducible).
 CHECK_SEED = 0
 
@@ -18,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "then run one image through PyTorch and ONNX Runtime and compare the detections.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
-    p.add_argument("--size", type=int, default=544, help="example input side for tracing (default 544)")
+    p.add_argument("--size", type=int_at_least(MIN_SIZE), default=544,
+                   help=f"example input side for tracing and the check, >= {MIN_SIZE} (default 544)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.set_defaults(func=run)
 

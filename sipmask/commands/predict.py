@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sipmask.commands.arguments import probability
 from sipmask.errors import SipMaskError
 
 if TYPE_CHECKING:
@@ -35,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="sipmask checkpoint or official SipMask weights file")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--score-thr", type=float, default=None, metavar="T",
-                   help="keep detections scoring above T (default: the preset's test threshold)")
+    p.add_argument("--score-thr", type=probability, default=None, metavar="T",
+                   help="keep detections scoring above T, in [0, 1] (default: the preset's test threshold)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
     p.add_argument("--save-masks", action="store_true", help="also write one PNG mask per instance")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
@@ -162,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
     from sipmask.inference.predictor import Predictor
     from sipmask.inference.sources import collect_sources
 
+    if args.onnx is not None and args.backend != "onnxruntime":
+        raise SipMaskError("--onnx is only used with --backend onnxruntime")
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

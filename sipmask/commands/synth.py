@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from sipmask.commands.arguments import int_at_least, positive_int
 from sipmask.errors import ConfigError
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+#: Smallest image side write_synthetic_coco accepts (synth ytvis checks its own minimum with a ConfigError).
+MIN_COCO_SIZE = 32
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,21 +18,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     coco = kinds.add_parser("coco", help="COCO-format images of touching, overlapping textured shapes")
     coco.add_argument("--out", required=True, help="output folder")
-    coco.add_argument("--num-images", type=_positive, default=100, help="training images (default 100)")
-    coco.add_argument("--size", type=_positive, default=320, help="image side in pixels (default 320)")
+    coco.add_argument("--num-images", type=positive_int, default=100, help="training images (default 100)")
+    coco.add_argument("--size", type=int_at_least(MIN_COCO_SIZE), default=320,
+                      help=f"image side in pixels, >= {MIN_COCO_SIZE} (default 320)")
     coco.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     coco.set_defaults(func=run)
 
     ytvis = kinds.add_parser("ytvis", help="YouTube-VIS-format videos of moving, occluding textured shapes")
     ytvis.add_argument("--out", required=True, help="output folder")
-    ytvis.add_argument("--num-videos", type=_positive, default=20, help="videos per split (train and val; default 20)")
-    ytvis.add_argument("--frames", type=_positive, default=20, help="frames per video (default 20)")
-    ytvis.add_argument("--size", type=_positive, default=128, help="frame side in pixels (default 128)")
+    ytvis.add_argument("--num-videos", type=positive_int, default=20, help="videos per split (train and val; default 20)")
+    ytvis.add_argument("--frames", type=positive_int, default=20, help="frames per video (default 20)")
+    ytvis.add_argument("--size", type=positive_int, default=128, help="frame side in pixels (default 128)")
     ytvis.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ytvis.set_defaults(func=run)
 
 
+def _check_out(out: str) -> None:
+    """--out must be a folder or not exist yet (nor any file on its way)."""
+    path = Path(out)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_out(args.out)
     if args.synth_kind == "coco":
         from sipmask.data.synth_coco import write_synthetic_coco
 

@@ -3,8 +3,8 @@
 The annotation file is checked as a whole when the dataset is built: not JSON, missing keys, unknown
 image / category ids, duplicate ids -> `AnnotationError` naming the file and the problem, at once.
 Per-item problems (missing image file, degenerate polygon, polygon or box outside the image,
-negative-size box, corrupt image) are reported once each (file and reason, via `warnings` and
-`logging`), counted in `dataset.problems`, and the item is skipped; with `strict=True` they raise.
+negative-size box, malformed RLE, corrupt image) are reported once each (file and reason, via
+`warnings`), counted in `dataset.problems`, and the item is skipped; with `strict=True` they raise.
 
 Crowd annotations (`iscrowd=1`) are left out of the targets (official: crowd regions are neither
 positives nor mask targets, i.e. plain background). Category ids (possibly non-contiguous, e.g.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import warnings
 from collections import Counter
@@ -31,7 +30,6 @@ from sipmask.data.image_io import read_image
 from sipmask.data.transforms import Sample, TrainTransform
 from sipmask.errors import AnnotationError, ImageReadError
 
-logger = logging.getLogger(__name__)
 
 #: Problem kinds counted in `CocoDataset.problems`.
 PROBLEM_KINDS = (
@@ -78,8 +76,7 @@ class ProblemLog:
         message = f"{file}: {reason} (skipped)"
         self.messages.append(message)
         if not self.quiet:
-            logger.warning(message)
-            warnings.warn(message, stacklevel=3)
+            warnings.warn(message, stacklevel=3)  # the CLI prints it as one line ("warning: ...")
 
     def merge(self, reported: list[tuple[str, str, str]]) -> None:
         """Fold in problems met in a data-loader worker process (deduplicated here, in the main one)."""
@@ -177,34 +174,127 @@ def _polygon_area(flat: list[float]) -> float:
     return 0.5 * abs(float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))
 
 
+def _rle_string_counts(text: str) -> list[int] | None:
+    """COCO's compressed RLE string -> run lengths, as pycocotools' `rleFrString` reads it; None when
+    malformed (a character outside '0'..'o', or the string ends inside a number). Pure Python, no mask
+    is decoded."""
+    counts: list[int] = []
+    value = shift = 0
+    for char in text:
+        c = ord(char) - 48
+        if not 0 <= c < 64:
+            return None
+        value |= (c & 0x1F) << (5 * shift)
+        shift += 1
+        if c & 0x20:  # more 5-bit groups follow
+            continue
+        if c & 0x10:  # sign bit of the last group
+            value |= -1 << (5 * shift)
+        if len(counts) > 2:  # runs after the second are stored as differences
+            value += counts[-2]
+        counts.append(value)
+        value = shift = 0
+    return counts if shift == 0 else None
+
+
+def _rle_problem(rle: dict[str, Any], height: int, width: int) -> str | None:
+    """Why `rle` is not a valid COCO RLE of an HxW mask (None when it is)."""
+    if "counts" not in rle or "size" not in rle:
+        return "RLE needs 'counts' and 'size'"
+    size = rle["size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+        return f"RLE size must be [height, width], got {size!r}"
+    if size != [height, width]:
+        return f"RLE size {size} differs from the image's [{height}, {width}]"
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts):
+            return "uncompressed RLE counts must be non-negative integers"
+    elif isinstance(counts, (str, bytes)):
+        text = counts.decode("latin-1") if isinstance(counts, bytes) else counts
+        decoded = _rle_string_counts(text)
+        if decoded is None or any(c < 0 for c in decoded):
+            return "compressed RLE counts is not a valid COCO RLE string"
+        counts = decoded
+    else:
+        return f"RLE counts must be a list of integers or a string, got {type(counts).__name__}"
+    total = sum(counts)
+    if total != height * width:
+        return f"RLE counts cover {total} pixels, not {height}x{width} = {height * width}"
+    return None
+
+
+def segmentation_problem(seg: Any, height: int, width: int) -> str | None:
+    """Why `seg` cannot be read as an HxW mask (None when it can): missing, neither polygons nor RLE,
+    polygon coordinates that are not finite numbers, RLE of another size or with malformed counts.
+
+    One definition for the training data (such annotations are skipped) and the evaluation ground
+    truth (such a file is refused). Geometry (degenerate polygons, outside the image) is not judged here.
+    """
+    if seg is None:
+        return "no segmentation"
+    if isinstance(seg, list):
+        for poly in seg:
+            if not (isinstance(poly, list) and all(_is_number(v) for v in poly)):
+                return "polygon is not a list of numbers"
+        return None
+    if isinstance(seg, dict):
+        return _rle_problem(seg, height, width)
+    return f"segmentation of type {type(seg).__name__} is neither polygons nor RLE"
+
+
 def _check_segmentation(seg: Any, height: int, width: int) -> tuple[str, str] | None:
-    """None when usable, else (problem kind, reason). Coordinates are checked without rasterising."""
+    """None when usable for training, else (problem kind, reason). Nothing is rasterised."""
+    reason = segmentation_problem(seg, height, width)
+    if reason is not None:
+        return "bad_segmentation", reason
     if isinstance(seg, list):
         if not seg:
             return "degenerate_polygon", "empty polygon list"
-        good = []
-        for poly in seg:
-            if not (isinstance(poly, list) and all(_is_number(v) for v in poly)):
-                return "bad_segmentation", "polygon is not a list of numbers"
-            if len(poly) < 6 or len(poly) % 2:
-                continue
-            if _polygon_area(poly) <= 0:
-                continue
-            good.append(poly)
+        good = [p for p in seg if len(p) >= 6 and len(p) % 2 == 0 and _polygon_area(p) > 0]
         if not good:
             return "degenerate_polygon", "degenerate polygon (fewer than 3 points or zero area)"
         xs = np.concatenate([np.asarray(p[0::2], dtype=np.float64) for p in good])
         ys = np.concatenate([np.asarray(p[1::2], dtype=np.float64) for p in good])
         if xs.max() <= 0 or ys.max() <= 0 or xs.min() >= width or ys.min() >= height:
             return "outside_image", f"polygon lies outside the {width}x{height} image"
-        return None
-    if isinstance(seg, dict):
-        if "counts" not in seg or "size" not in seg:
-            return "bad_segmentation", "RLE needs 'counts' and 'size'"
-        if list(seg["size"]) != [height, width]:
-            return "bad_segmentation", f"RLE size {seg['size']} differs from the image's [{height}, {width}]"
-        return None
-    return "bad_segmentation", f"segmentation of type {type(seg).__name__} is neither polygons nor RLE"
+    return None
+
+
+#: Most unusable ground-truth annotations listed in one error (the count of the rest follows).
+MAX_LISTED_PROBLEMS = 20
+
+
+def load_coco_ground_truth(path: str | os.PathLike) -> dict[str, Any]:
+    """`load_coco_annotations`, and every annotation's segmentation readable (crowd ones included).
+
+    For evaluation: see `check_ground_truth_segmentations`. Returns the parsed JSON (unchanged).
+    """
+    data = load_coco_annotations(path)
+    check_ground_truth_segmentations(data, path)
+    return data
+
+
+def check_ground_truth_segmentations(data: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse ground truth with an unreadable segmentation: leaving an annotation out would change AP.
+
+    data: parsed COCO JSON whose images / annotations are already checked. Raises AnnotationError
+    listing each problem on its own line ("FILE: annotations[i] (id N): reason").
+    """
+    sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
+    problems = []
+    for i, ann in enumerate(data["annotations"]):
+        reason = segmentation_problem(ann.get("segmentation"), *sizes[ann["image_id"]])
+        if reason is not None:
+            problems.append(f"{path}: annotations[{i}] (id {ann.get('id', '?')}): {reason}")
+    if problems:
+        listed = problems[:MAX_LISTED_PROBLEMS]
+        if len(problems) > len(listed):
+            listed.append(f"... and {len(problems) - len(listed)} more")
+        raise AnnotationError(
+            f"{path}: {len(problems)} unusable annotation(s); evaluation needs every annotation valid "
+            "(leaving one out would change AP):\n" + "\n".join(listed)
+        )
 
 
 def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
@@ -293,7 +383,7 @@ class CocoDataset(torch.utils.data.Dataset):
             self.problem_log.report("outside_image", where, f"box {ann['bbox']} lies outside the {record.width}x{record.height} image")
             return None
         seg = ann.get("segmentation")
-        problem = ("bad_segmentation", "no segmentation") if seg is None else _check_segmentation(seg, record.height, record.width)
+        problem = _check_segmentation(seg, record.height, record.width)
         if problem is not None:
             self.problem_log.report(problem[0], where, problem[1])
             return None

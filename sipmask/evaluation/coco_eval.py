@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from sipmask.data.coco import load_coco_annotations
+from sipmask.data.coco import load_coco_ground_truth
 from sipmask.data.image_io import read_image
-from sipmask.errors import AnnotationError, ResultsError
+from sipmask.errors import AnnotationError, ConfigError, ResultsError
 
 #: Metric names, in the order of COCOeval.stats[:6].
 COCO_METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -85,7 +85,7 @@ def score_coco(
         (-1.0 where COCOeval has no ground truth for that area range).
     """
     source = str(gt) if isinstance(gt, (str, os.PathLike)) else "annotations"
-    data = load_coco_annotations(gt) if isinstance(gt, (str, os.PathLike)) else gt
+    data = load_coco_ground_truth(gt) if isinstance(gt, (str, os.PathLike)) else gt
     _check_results(results, data, source)
     if backend == "faster":
         from sipmask.evaluation.score_files import score_coco as score_faster
@@ -132,8 +132,10 @@ def predict_coco_results(
     progress: bool = False,
     score_thr: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the model on this process's share of the images (image i goes to rank i % world_size)."""
-    data = load_coco_annotations(ann_file)
+    """Run the model on this process's share of the images (image i goes to rank i % world_size).
+    The ground truth is checked first (`load_coco_ground_truth`): a file that cannot be scored fails
+    before the model runs."""
+    data = load_coco_ground_truth(ann_file)
     if label_to_cat_id is None:
         label_to_cat_id = sorted(c["id"] for c in data["categories"])
     known = {c["id"] for c in data["categories"]}
@@ -183,10 +185,29 @@ def evaluate_model(
     return score_coco(ann_file, results)
 
 
+def check_output_file(path: str | os.PathLike, option: str) -> None:
+    """Raise ConfigError now (before any work) when `path` cannot be written as a file: it is a
+    directory, a parent is a file, or the nearest existing folder is not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory, expected a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write in {parent} (permission denied)")
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (tmp file + os.replace)."""
+    """Write JSON atomically (tmp file + os.replace); the tmp file is removed if that fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

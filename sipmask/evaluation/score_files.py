@@ -12,6 +12,7 @@ import math
 import os
 from typing import Any
 
+from sipmask.data.coco import check_ground_truth_segmentations
 from sipmask.data.ytvis import load_json_file, parse_ytvis
 from sipmask.errors import AnnotationError, ResultsError
 from sipmask.evaluation.ytvis_eval import evaluate_ytvis
@@ -147,4 +148,6 @@ def score_results_file(ann_path: str | os.PathLike, results_path: str | os.PathL
                 f"{ann_path}: annotations[{unsegmented[0]}] (id {ann['id']}): no 'segmentation' to score masks against"
             )
         iou_types.remove("segm")  # empty results against box-only ground truth: box AP only
+    if "segm" in iou_types:
+        check_ground_truth_segmentations(data, ann_path)
     return score_coco(data, results, iou_types)

@@ -103,10 +103,19 @@ def export_onnx(
     class_names: list[str] | None = None,
     category_ids: list[int] | None = None,
 ) -> Path:
-    """Write the network of `model` to `path` (example input size x size; batch, H, W stay dynamic)."""
+    """Write the network of `model` to `path` (example input size x size; batch, H, W stay dynamic).
+
+    The file is written as a temporary file in the same folder and renamed to `path` only when the
+    export succeeded: a failed export leaves neither a partial file nor a replaced earlier one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _export(model, path, size, _metadata(model, class_names, category_ids))
+    temp = path.with_name(f".{path.name}.{os.getpid()}.partial.onnx")  # same folder: the rename is atomic
+    try:
+        _export(model, temp, size, _metadata(model, class_names, category_ids))
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
     return path
 
 

@@ -20,6 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from sipmask.errors import SipMaskError
+
 #: Bias of the box-distance conv in the benchmark, in stride units: boxes about 16 strides wide. At
 #: 544 px the 100 kept boxes then have a median side of about 110 px and cover 4% of the image on
 #: average (COCO objects: about 7% on average, most detections of a trained model are smaller).
@@ -33,6 +35,10 @@ BENCH_ACTIVE_CLASSES = 8
 BENCH_ACTIVE_PRIOR = 0.3
 #: Seed of the random weights and the random image.
 BENCH_SEED = 0
+
+
+class BenchmarkError(SipMaskError):
+    """The benchmark cannot run as asked, e.g. the input is too small for the forced detection count."""
 
 
 @dataclass(frozen=True)
@@ -166,8 +172,9 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
             t_whole, result = timer(lambda: predictor(image, thr))
             counts["sipmask"] = len(result["scores"])
             if len(results[0]["scores"]) != opts.detections or counts["sipmask"] != opts.detections:
-                raise RuntimeError(f"benchmark: SipMask returned {counts['sipmask']} detections, "
-                                   f"not the forced {opts.detections}")
+                raise BenchmarkError(
+                    f"SipMask returned {counts['sipmask']} detections at size {opts.size}, not the forced "
+                    f"{opts.detections}: use a larger --size or fewer --detections")
             if ort is not None:
                 t_ort_net, _ = timer(lambda: ort.network(batch))
                 t_ort, ort_result = timer(lambda: ort(image, thr))
@@ -180,8 +187,9 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
                 t_mr, mr_out = timer(lambda: maskrcnn([mr_input]))
                 counts["maskrcnn"] = len(mr_out[0]["scores"])
                 if counts["maskrcnn"] != opts.detections:
-                    raise RuntimeError(f"benchmark: Mask R-CNN returned {counts['maskrcnn']} detections, "
-                                       f"not the forced {opts.detections}")
+                    raise BenchmarkError(
+                        f"Mask R-CNN returned {counts['maskrcnn']} detections at size {opts.size}, not the "
+                        f"forced {opts.detections}: use a larger --size or fewer --detections (or --no-maskrcnn)")
             if not measured:
                 continue
             for name, value in (("preprocess", t_pre), ("backbone_fpn", t_feat), ("head", t_head),

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from sipmask.config import SipMaskConfig, TrainConfig, get_preset
-from sipmask.data.coco import CocoDataset, load_coco_annotations
+from sipmask.data.coco import CocoDataset, load_coco_ground_truth
 from sipmask.data.loader import TrainBatchSampler, iters_per_epoch, make_train_loader, worker_error_message
 from sipmask.data.transforms import TrainTransform
 from sipmask.errors import CheckpointError, ConfigError, SipMaskError
@@ -191,7 +191,7 @@ class _Trainer:
         if opts.overrides:
             preset = preset.with_overrides(**{k: _as_tuple(v) for k, v in opts.overrides.items()})
         if opts.val_ann is not None:
-            load_coco_annotations(opts.val_ann)  # a bad val file fails now, not after hours
+            load_coco_ground_truth(opts.val_ann)  # a bad val file fails now, not after hours
         self.dataset = CocoDataset(
             opts.train_images, opts.train_ann, TrainTransform(preset.input), strict=opts.strict, seed=opts.seed,
             quiet=not ctx.is_main,

@@ -1,0 +1,38 @@
+"""Argparse value types shared by the verbs: a bad value is a usage error (exit 2) naming the option."""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def probability(text: str) -> float:
+    """A finite number in [0, 1] (e.g. a score threshold); `type=` for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def int_at_least(minimum: int):
+    """An argparse `type=` accepting integers >= minimum, e.g. int_at_least(32) for an image side."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int_at_least_{minimum}"  # argparse names the type in some messages
+    return parse
+
+
+#: An integer >= 1 (counts, runs, threads); `type=` for argparse.
+positive_int = int_at_least(1)
+#: An integer >= 0 (e.g. warm-up runs); `type=` for argparse.
+non_negative_int = int_at_least(0)
