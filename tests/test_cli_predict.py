@@ -55,9 +55,26 @@ def test_folder_with_bad_files(checkpoint, tmp_path, capsys):
         assert len({e["image_id"] for e in entries}) == 1 and len(entries) > 0
         for e in entries:
             assert e["category_id"] in CATEGORY_IDS and e["segmentation"]["size"] == [h, w]
+            assert e["drawing"] == f"{Path(name).stem}.jpg"
             mask = np.asarray(Image.open(out / e["mask_file"]))
             assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
     assert len({e["image_id"] for e in results}) == len(valid)
+
+
+def test_inputs_named_alike_get_their_own_drawing(checkpoint, tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / "same.jpg")
+    Image.fromarray(rng.integers(0, 256, (30, 60, 3), dtype=np.uint8)).save(folder / "same.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(folder), "--out", str(out), "--score-thr", "0",
+                 "--device", "cpu"]) == 0
+    drawings = {Path(e["file_name"]).name: e["drawing"] for e in json.loads((out / "results.json").read_text())}
+    assert sorted(drawings.values()) == ["same.jpg", "same_2.jpg"]
+    for name, drawing in drawings.items():
+        size = Image.open(folder / name).size
+        assert Image.open(out / drawing).size == size
 
 
 def test_missing_inputs_and_globs(checkpoint, tmp_path, capsys):

@@ -65,8 +65,9 @@ class _Outputs:
         self._taken.add(candidate)
         return candidate
 
-    def add(self, result: dict[str, Any], file_name: str, category_ids: list[int], mask_prefix: str,
+    def add(self, result: dict[str, Any], file_name: str, drawing: str, category_ids: list[int], mask_prefix: str,
             frame_index: int | None = None) -> None:
+        """Collect the COCO result entries of one image or frame; `drawing`: its drawn file in the output folder."""
         from PIL import Image
 
         from sipmask.inference.predictor import to_coco_results
@@ -77,6 +78,7 @@ class _Outputs:
         masks = result["masks"].numpy() if self.save_masks else None
         for i, entry in enumerate(entries):
             entry["file_name"] = file_name
+            entry["drawing"] = drawing
             if frame_index is not None:
                 entry["frame_index"] = frame_index
             if masks is not None:
@@ -116,9 +118,10 @@ def _image(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: f
     array = load_image(source.path)
     result = predictor(array, score_thr)
     stem = outputs.unique_stem(source.path, "image")
-    Image.fromarray(draw_instances(array, result, predictor.class_names)).save(
-        outputs.out / f"{stem}.jpg", quality=JPEG_QUALITY)
-    outputs.add(result, str(source.path), predictor.category_ids, stem)
+    drawing = f"{stem}.jpg"
+    Image.fromarray(draw_instances(array, result, predictor.class_names)).save(outputs.out / drawing,
+                                                                               quality=JPEG_QUALITY)
+    outputs.add(result, str(source.path), drawing, predictor.category_ids, stem)
     bar.update(1)
 
 
@@ -144,7 +147,8 @@ def _video(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: f
                 writer = VideoWriter(outputs.out / f"{stem}.mp4", fps, width, height)
             result = predictor(frame, score_thr)
             writer.write(draw_instances(frame, result, predictor.class_names))
-            outputs.add(result, file_name, predictor.category_ids, f"{stem}/{index:06d}", frame_index=index)
+            outputs.add(result, file_name, f"{stem}.mp4", predictor.category_ids, f"{stem}/{index:06d}",
+                        frame_index=index)
             bar.update(1)
     except KeyboardInterrupt:
         if source.kind != "webcam":
