@@ -67,11 +67,14 @@ def test_inputs_named_alike_get_their_own_drawing(checkpoint, tmp_path):
     folder.mkdir()
     Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / "same.jpg")
     Image.fromarray(rng.integers(0, 256, (30, 60, 3), dtype=np.uint8)).save(folder / "same.png")
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(folder / "SAME.bmp")  # one name on
+    # case-insensitive file systems
     out = tmp_path / "out"
     assert main(["predict", "--checkpoint", str(checkpoint), str(folder), "--out", str(out), "--score-thr", "0",
                  "--device", "cpu"]) == 0
     drawings = {Path(e["file_name"]).name: e["drawing"] for e in json.loads((out / "results.json").read_text())}
-    assert sorted(drawings.values()) == ["same.jpg", "same_2.jpg"]
+    assert len({d.casefold() for d in drawings.values()}) == 3
+    assert {d.casefold() for d in drawings.values()} == {"same.jpg", "same_2.jpg", "same_3.jpg"}
     for name, drawing in drawings.items():
         size = Image.open(folder / name).size
         assert Image.open(out / drawing).size == size

@@ -121,3 +121,19 @@ def test_probability():
     for text in ("nan", "-inf", "-0.1", "1.5", "", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             probability(text)
+
+
+def test_box_only_ground_truth_file_scores_box_ap(tmp_path):
+    """Masks are only required of the ground truth when mask AP is asked for."""
+    from sipmask.evaluation.coco_eval import score_coco
+
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "height": 40, "width": 50}],
+          "categories": [{"id": 3, "name": "thing"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [5.0, 6.0, 20.0, 10.0],
+                           "area": 200.0, "iscrowd": 0}]}
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps(gt))
+    results = [{"image_id": 1, "category_id": 3, "bbox": [5.0, 6.0, 20.0, 10.0], "score": 0.9}]
+    assert score_coco(path, results, iou_types=["bbox"])["bbox"]["AP"] == pytest.approx(1.0)
+    with pytest.raises(AnnotationError, match=r"boxes\.json: annotations\[0\] \(id 1\): no segmentation"):
+        score_coco(path, results, iou_types=["bbox", "segm"])

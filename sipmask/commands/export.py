@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from sipmask.inference.predictor import Predictor, checkpoint_classes, load_checkpoint_model
 
     model, state = load_checkpoint_model(args.checkpoint)
-    names, ids = checkpoint_classes(state)
+    names, ids = checkpoint_classes(state, args.checkpoint, model.cfg.head.num_classes)
     start = time.perf_counter()
     try:
         path = export_onnx(model, args.out, size=args.size, class_names=names, category_ids=ids)

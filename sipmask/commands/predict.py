@@ -59,10 +59,10 @@ class _Outputs:
     def unique_stem(self, path: Path | None, fallback: str) -> str:
         stem = path.stem if path is not None else fallback
         candidate, n = stem, 1
-        while candidate in self._taken:
+        while candidate.casefold() in self._taken:  # A.jpg and a.jpg are one file on some file systems
             n += 1
             candidate = f"{stem}_{n}"
-        self._taken.add(candidate)
+        self._taken.add(candidate.casefold())
         return candidate
 
     def add(self, result: dict[str, Any], file_name: str, drawing: str, category_ids: list[int], mask_prefix: str,

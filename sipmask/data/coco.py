@@ -281,10 +281,13 @@ def check_ground_truth_segmentations(data: dict[str, Any], path: str | os.PathLi
     data: parsed COCO JSON whose images / annotations are already checked. Raises AnnotationError
     listing each problem on its own line ("FILE: annotations[i] (id N): reason").
     """
-    sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
+    sizes = {img.get("id"): (img.get("height"), img.get("width")) for img in data["images"]}
     problems = []
     for i, ann in enumerate(data["annotations"]):
-        reason = segmentation_problem(ann.get("segmentation"), *sizes[ann["image_id"]])
+        if ann.get("image_id") not in sizes:
+            continue  # structure problems are `load_coco_annotations`' to report
+        seg = ann.get("segmentation")
+        reason = segmentation_problem(seg, *sizes[ann["image_id"]])
         if reason is not None:
             problems.append(f"{path}: annotations[{i}] (id {ann.get('id', '?')}): {reason}")
     if problems:

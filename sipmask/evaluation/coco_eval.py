@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from sipmask.data.coco import load_coco_ground_truth
+from sipmask.data.coco import check_ground_truth_segmentations, load_coco_annotations, load_coco_ground_truth
 from sipmask.data.image_io import read_image
 from sipmask.errors import AnnotationError, ConfigError, ResultsError
 
@@ -85,7 +85,9 @@ def score_coco(
         (-1.0 where COCOeval has no ground truth for that area range).
     """
     source = str(gt) if isinstance(gt, (str, os.PathLike)) else "annotations"
-    data = load_coco_ground_truth(gt) if isinstance(gt, (str, os.PathLike)) else gt
+    data = load_coco_annotations(gt) if isinstance(gt, (str, os.PathLike)) else gt
+    if "segm" in iou_types:  # box AP alone needs no masks (box-only ground truth is fine)
+        check_ground_truth_segmentations(data, source)
     _check_results(results, data, source)
     if backend == "faster":
         from sipmask.evaluation.score_files import score_coco as score_faster

@@ -103,7 +103,7 @@ def _decode(container: av.container.InputContainer, name: str) -> Iterator[tuple
                 if index == 0:
                     raise ImageReadError(f"{name}: no frame could be decoded ({err})") from err
                 logger.warning("%s: stopped after %d frames: frame %d cannot be decoded (%s)", name, index, index, err)
-                break
+                return
             yield index, frame.to_ndarray(format="rgb24")
             index += 1
         if index == 0:
