@@ -137,3 +137,10 @@ def test_box_only_ground_truth_file_scores_box_ap(tmp_path):
     assert score_coco(path, results, iou_types=["bbox"])["bbox"]["AP"] == pytest.approx(1.0)
     with pytest.raises(AnnotationError, match=r"boxes\.json: annotations\[0\] \(id 1\): no segmentation"):
         score_coco(path, results, iou_types=["bbox", "segm"])
+
+
+def test_export_to_a_folder_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "model.onnx").mkdir()
+    code = main(["export", "--checkpoint", str(tmp_path / "absent.pth"), "--out", str(tmp_path / "model.onnx")])
+    assert code == 2  # the checkpoint is not even opened
+    assert "--out" in capsys.readouterr().err

@@ -1,8 +1,13 @@
-"""Argparse value types shared by the verbs: a bad value is a usage error (exit 2) naming the option."""
+"""Argument checks shared by the verbs: argparse value types (a bad value is a usage error, exit 2,
+naming the option) and output paths checked before any work."""
 from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
+
+from sipmask.errors import ConfigError
 
 
 def probability(text: str) -> float:
@@ -36,3 +41,18 @@ def int_at_least(minimum: int):
 positive_int = int_at_least(1)
 #: An integer >= 0 (e.g. warm-up runs); `type=` for argparse.
 non_negative_int = int_at_least(0)
+
+
+def check_output_file(path: str | os.PathLike, option: str) -> None:
+    """Raise ConfigError now (before any work) when `path` cannot be written as a file: it is a
+    directory, a parent is a file, or the nearest existing folder is not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory, expected a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write in {parent} (permission denied)")

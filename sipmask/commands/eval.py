@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sipmask.evaluation.coco_eval import check_output_file
+    from sipmask.commands.arguments import check_output_file
 
     for option, path in (("--json-out", args.json_out), ("--results-out", args.results_out)):
         if path is not None:

@@ -5,7 +5,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from sipmask.commands.arguments import int_at_least
 
@@ -30,12 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
+    from sipmask.commands.arguments import check_output_file
     from sipmask.errors import SipMaskError
     from sipmask.export.onnx import compare_results, export_onnx, results_match
     from sipmask.inference.predictor import Predictor, checkpoint_classes, load_checkpoint_model
 
+    check_output_file(args.out, "--out")  # before the model is loaded and exported
     model, state = load_checkpoint_model(args.checkpoint)
     names, ids = checkpoint_classes(state, args.checkpoint, model.cfg.head.num_classes)
     start = time.perf_counter()

@@ -22,7 +22,7 @@ from pycocotools import mask as mask_utils
 
 from sipmask.data.coco import check_ground_truth_segmentations, load_coco_annotations, load_coco_ground_truth
 from sipmask.data.image_io import read_image
-from sipmask.errors import AnnotationError, ConfigError, ResultsError
+from sipmask.errors import AnnotationError, ResultsError
 
 #: Metric names, in the order of COCOeval.stats[:6].
 COCO_METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -185,21 +185,6 @@ def evaluate_model(
     if results_out is not None:
         write_json(results_out, results)
     return score_coco(ann_file, results)
-
-
-def check_output_file(path: str | os.PathLike, option: str) -> None:
-    """Raise ConfigError now (before any work) when `path` cannot be written as a file: it is a
-    directory, a parent is a file, or the nearest existing folder is not writable."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{option} {path}: is a directory, expected a file name")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"{option} {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: cannot write in {parent} (permission denied)")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
