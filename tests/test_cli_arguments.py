@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from sipmask.cli import main
-from sipmask.commands.train import _check_run_dir
+from sipmask.train.trainer import _check_run_dir
 from sipmask.config import get_preset
 from sipmask.errors import ConfigError
 from tests.inference_helpers import save_tiny_checkpoint
@@ -86,10 +86,22 @@ def test_train_refuses_an_existing_run_without_resume(tmp_path, capsys):
 
 
 def test_run_dir_check_allows_empty_folder_new_folder_and_resume(tmp_path):
-    _check_run_dir(str(tmp_path), resume=False)  # empty existing folder
-    _check_run_dir(str(tmp_path / "new" / "run"), resume=False)
+    _check_run_dir(tmp_path, resume=False)  # empty existing folder
+    _check_run_dir(tmp_path / "new" / "run", resume=False)
     (tmp_path / "last.pth").write_bytes(b"x")
-    _check_run_dir(str(tmp_path), resume=True)
+    _check_run_dir(tmp_path, resume=True)
+
+
+def test_library_train_refuses_an_existing_run_too(tmp_path):
+    """The check lives in the trainer, so `sipmask.train.trainer.train` does not overwrite either."""
+    from sipmask.errors import ConfigError
+    from sipmask.train.trainer import TrainOptions, train
+
+    (tmp_path / "last.pth").write_bytes(b"iteration 4")
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        train(TrainOptions(config="tiny", train_images=str(tmp_path), train_ann=str(tmp_path / "absent.json"),
+                           out=str(tmp_path)))
+    assert (tmp_path / "last.pth").read_bytes() == b"iteration 4"
 
 
 @pytest.mark.parametrize("sub", ["", "sub"])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from sipmask.errors import ConfigError
@@ -59,19 +58,7 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def _check_run_dir(out: str, resume: bool) -> None:
-    """Refuse, before any work, an --out that is a file or already holds a run that --resume does not continue."""
-    path = Path(out)
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ConfigError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
-    if not resume and (path / "last.pth").exists():
-        raise ConfigError(f"{out} already holds a training run (last.pth); continue it with --resume "
-                          "or choose another --out")
-
-
 def run(args: argparse.Namespace) -> int:
-    _check_run_dir(args.out, args.resume)
     options = TrainOptions(
         config=args.config,
         train_images=args.train_images,

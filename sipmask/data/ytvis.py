@@ -95,6 +95,19 @@ def _fail(source: str, where: str, reason: str) -> AnnotationError:
     return AnnotationError(f"{source}: {where}: {reason}")
 
 
+def _check_entry(source: str, where: str, entry: Any, keys: tuple[str, ...]) -> str:
+    """An object holding `keys` with an integer 'id', or AnnotationError; returns `where` with the id."""
+    if not isinstance(entry, dict):
+        raise _fail(source, where, "must be an object")
+    for key in keys:
+        if key not in entry:
+            raise _fail(source, where, f"missing key '{key}'")
+    where = f"{where} (id {entry['id']})"
+    if not _is_int(entry["id"]):
+        raise _fail(source, where, "'id' must be an integer")
+    return where
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -160,15 +173,7 @@ def _parse_videos(source: str, entries: Any) -> dict[int, VideoInfo]:
         raise _fail(source, "videos", "must be a list")
     videos: dict[int, VideoInfo] = {}
     for i, v in enumerate(entries):
-        where = f"videos[{i}]"
-        if not isinstance(v, dict):
-            raise _fail(source, where, "must be an object")
-        for key in ("id", "width", "height", "file_names"):
-            if key not in v:
-                raise _fail(source, where, f"missing key '{key}'")
-        where = f"videos[{i}] (id {v['id']})"
-        if not _is_int(v["id"]):
-            raise _fail(source, where, "'id' must be an integer")
+        where = _check_entry(source, f"videos[{i}]", v, ("id", "width", "height", "file_names"))
         if v["id"] in videos:
             raise _fail(source, where, f"duplicate video id {v['id']}")
         if not (_is_int(v["width"]) and _is_int(v["height"]) and v["width"] > 0 and v["height"] > 0):
@@ -200,15 +205,7 @@ def _parse_categories(source: str, entries: Any) -> list[dict[str, Any]]:
 def _parse_track(
     source: str, i: int, a: Any, videos: dict[int, VideoInfo], cat_ids: set[int]
 ) -> TrackAnnotation:
-    where = f"annotations[{i}]"
-    if not isinstance(a, dict):
-        raise _fail(source, where, "must be an object")
-    for key in ("id", "video_id", "category_id", "segmentations"):
-        if key not in a:
-            raise _fail(source, where, f"missing key '{key}'")
-    where = f"annotations[{i}] (id {a['id']})"
-    if not _is_int(a["id"]):
-        raise _fail(source, where, "'id' must be an integer")
+    where = _check_entry(source, f"annotations[{i}]", a, ("id", "video_id", "category_id", "segmentations"))
     video = videos.get(a["video_id"])
     if video is None:
         raise _fail(source, where, f"unknown video_id {a['video_id']!r}")

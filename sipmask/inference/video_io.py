@@ -51,15 +51,18 @@ def _check_file(path: str | os.PathLike) -> str:
     return str(p)
 
 
-def _open_video(path: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """Open a container and its first video stream, or raise ImageReadError naming the file."""
+def _open_video(path: str, label: str | None = None, **options: str) -> tuple[av.container.InputContainer,
+                                                                              av.video.stream.VideoStream]:
+    """Open a container (file or device; `options` go to av.open) and its first video stream, or raise
+    ImageReadError naming it (`label`, default the path)."""
+    label = label or path
     try:
-        container = av.open(path, mode="r")
+        container = av.open(path, mode="r", **options)
     except _AV_ERRORS as err:
-        raise ImageReadError(f"{path}: not a readable video ({err})") from err
+        raise ImageReadError(f"{label}: not a readable video ({err})") from err
     if not container.streams.video:
         container.close()
-        raise ImageReadError(f"{path}: not a readable video (no video stream found; truncated or not a video?)")
+        raise ImageReadError(f"{label}: not a readable video (no video stream found; truncated or not a video?)")
     return container, container.streams.video[0]
 
 
@@ -135,13 +138,7 @@ def iter_webcam_frames(index: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         raise ImageReadError(f"{label}: this PyAV build has no v4l2 input (webcams need Linux V4L2)")
     if not Path(device).exists():
         raise ImageReadError(f"{label}: no such device (is a camera connected and is the index right?)")
-    try:
-        container = av.open(device, format="v4l2")
-    except _AV_ERRORS as err:
-        raise ImageReadError(f"{label}: cannot be opened ({err})") from err
-    if not container.streams.video:
-        container.close()
-        raise ImageReadError(f"{label}: no video stream")
+    container, _ = _open_video(device, label, format="v4l2")
     return _decode(container, label)
 
 

@@ -161,6 +161,17 @@ class _Logger:
             self.tb.close()
 
 
+def _check_run_dir(out: Path, resume: bool) -> None:
+    """Refuse, before any work, an out folder that is a file (or under one) or already holds a run
+    (last.pth) that `resume` does not continue: nothing is overwritten."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
+    if not resume and (out / "last.pth").exists():
+        raise ConfigError(f"{out} already holds a training run (last.pth); continue it with --resume "
+                          "or choose another --out")
+
+
 def train(options: TrainOptions) -> dict[str, Any]:
     """Run (or resume) a training. Returns {"iterations", "last", "best", "metrics", "problems"}."""
     ctx = init_distributed(options.device)
@@ -187,6 +198,7 @@ class _Trainer:
             raise ConfigError("--val-images and --val-ann go together")
         if opts.amp and opts.device != "cuda":
             raise ConfigError("--amp needs --device cuda")
+        _check_run_dir(self.out, opts.resume)
         preset = get_preset(opts.config)
         if opts.overrides:
             preset = preset.with_overrides(**{k: _as_tuple(v) for k, v in opts.overrides.items()})
