@@ -1,7 +1,7 @@
 """SipMask: fast single-stage instance segmentation (ECCV 2020) in pure PyTorch."""
 from sipmask.config import SipMaskConfig, get_preset, list_presets
+from sipmask.inference.predictor import Predictor
 from sipmask.model.detector import SipMask, build_model
-from sipmask.inference.predictor import Predictor  # noqa: E402 - needs the model first
 
 __all__ = ["Predictor", "SipMask", "SipMaskConfig", "build_model", "get_preset", "list_presets"]
 __version__ = "0.1.0"

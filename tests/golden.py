@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sipmask.convert.mm_names import SCALE_KEY, map_mm_key
+from sipmask.checkpoint.mm_names import SCALE_KEY, map_mm_key
 from sipmask.model.head import HeadOutput
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "golden"

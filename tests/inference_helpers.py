@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 import sipmask
-from sipmask.train.checkpoint import save_checkpoint
+from sipmask.checkpoint.format import save_checkpoint
 
 #: Test-time size of the test checkpoint: (long, short) edge limits, small for fast CPU tests.
 TEST_SCALE = (160, 128)

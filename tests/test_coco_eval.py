@@ -15,9 +15,9 @@ from sipmask.evaluation.coco_eval import (
     COCO_METRICS,
     evaluate_model,
     predict_coco_results,
-    result_to_coco,
     score_coco,
 )
+from sipmask.data.coco_results import result_to_coco
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ import torchvision
 
 from sipmask import cli
 from sipmask.config import CAFFE_MEAN_BGR, get_preset
-from sipmask.convert.loading import load_any_checkpoint
-from sipmask.convert.official import UNUSED_ALIGN_NORM, convert_official
-from sipmask.convert.official_keys import OFFICIAL_SPECS, make_fake_official_checkpoint
+from sipmask.checkpoint import load_checkpoint, save_checkpoint
+from sipmask.checkpoint.official import UNUSED_ALIGN_NORM, convert_official
+from tests.official_fakes import make_fake_official_checkpoint
+from sipmask.checkpoint.official_keys import OFFICIAL_SPECS
 from sipmask.errors import CheckpointError
-from sipmask.inference.postprocess import ImageMeta, postprocess
+from sipmask.model.postprocess import ImageMeta, postprocess
 from sipmask.model.detector import SipMask
-from sipmask.train.checkpoint import build_model_from_checkpoint
 from tests.golden import golden_outputs, load_golden
 
 # State-dict tensors of each official checkpoint (notes section 10.4).
@@ -166,7 +166,7 @@ def test_cli_converted_golden_checkpoint_reproduces_official_head(golden_file, t
     printed = capsys.readouterr().out
     assert "SipMask-mmdetection" in printed and "mm_r50_gn_1x" in printed and "376 official -> 372" in printed
 
-    model, state = build_model_from_checkpoint(out_path)
+    model, state = load_checkpoint(out_path)
     assert state["preset"] == "mm_r50_gn_1x" and state["source"]["code_base"] == "mmdet"
     assert state["classes"][0] == {"id": 1, "name": "person"} and state["classes"][-1] == {"id": 90, "name": "toothbrush"}
     assert state["class_names"][11] == "stop sign" and state["category_ids"][11] == 13
@@ -175,13 +175,13 @@ def test_cli_converted_golden_checkpoint_reproduces_official_head(golden_file, t
 
 def test_official_file_loads_directly_and_converted_file_too(golden_file, tmp_path):
     pack, official_path = golden_file
-    model, meta = load_any_checkpoint(official_path)
+    model, meta = load_checkpoint(official_path)
     assert meta["preset"] == "mm_r50_gn_1x" and "model" not in meta
     _assert_golden_parity(model, pack)
     converted = tmp_path / "c.pth"
     assert cli.main(["convert", "--input", str(official_path), "--out", str(converted), "--source", "mmdet",
                      "--config", "mm_r50_gn_1x"]) == 0
-    again, _ = load_any_checkpoint(converted)
+    again, _ = load_checkpoint(converted)
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
 
@@ -276,7 +276,7 @@ def test_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path):
                                               r"'(posix|os|nt)\.system', which could run code"):
         convert_official(path)
     with pytest.raises(CheckpointError, match="refused to load"):
-        load_any_checkpoint(path)
+        load_checkpoint(path)
     assert cli.main(["convert", "--input", str(path), "--out", str(tmp_path / "o.pth")]) == 2
     assert not os.path.exists(marker)
     assert not (tmp_path / "o.pth").exists()
@@ -289,13 +289,12 @@ def test_sipmask_checkpoint_is_not_converted_again(tmp_path):
         convert_official(path)
 
 
-def test_load_any_checkpoint_reads_a_trained_checkpoint(tmp_path):
-    from sipmask.train.checkpoint import save_checkpoint
+def test_load_checkpoint_reads_a_trained_checkpoint(tmp_path):
 
     model = SipMask(get_preset("tiny").with_overrides(num_classes=2))
     path = save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "model": model.state_dict(),
                             "classes": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, tmp_path / "t.pth")
-    loaded, meta = load_any_checkpoint(path)
+    loaded, meta = load_checkpoint(path)
     assert meta["preset"] == "tiny" and meta["classes"][1]["name"] == "b" and not loaded.training
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
@@ -321,15 +320,13 @@ def test_predictor_and_cli_take_an_official_file_directly(tmp_path, capsys):
 def test_directory_and_non_torch_files_are_named(tmp_path):
     (tmp_path / "weights").mkdir()
     with pytest.raises(CheckpointError, match=r"weights: is a directory"):
-        load_any_checkpoint(tmp_path / "weights")
+        load_checkpoint(tmp_path / "weights")
     (tmp_path / "notes.pth").write_text("hello, not weights\n")
     with pytest.raises(CheckpointError, match=r"notes\.pth: not a PyTorch weights file \(neither"):
-        load_any_checkpoint(tmp_path / "notes.pth")
+        load_checkpoint(tmp_path / "notes.pth")
 
 
 def test_trained_checkpoint_that_does_not_fit_names_the_tensors(tmp_path):
-    from sipmask.train.checkpoint import build_model_from_checkpoint, save_checkpoint
-
     model = SipMask(get_preset("tiny").with_overrides(num_classes=2))
     weights = model.state_dict()
     del weights["head.bbox_pred.bias"]
@@ -338,9 +335,8 @@ def test_trained_checkpoint_that_does_not_fit_names_the_tensors(tmp_path):
                             "classes": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, tmp_path / "t.pth")
     expected = (r"t\.pth: weights do not fit .*missing: head\.bbox_pred\.bias; "
                 r"shape differs: head\.cls_logits\.weight \(1, .*\) vs \(2, ")
-    for load in (load_any_checkpoint, build_model_from_checkpoint):
-        with pytest.raises(CheckpointError, match=expected):
-            load(path)
+    with pytest.raises(CheckpointError, match=expected):
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("classes, message", [
@@ -350,7 +346,6 @@ def test_trained_checkpoint_that_does_not_fit_names_the_tensors(tmp_path):
 ])
 def test_checkpoint_classes_that_do_not_fit_are_refused(tmp_path, classes, message):
     from sipmask.inference.predictor import Predictor
-    from sipmask.train.checkpoint import save_checkpoint
 
     model = SipMask(get_preset("tiny").with_overrides(num_classes=2))
     path = save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "model": model.state_dict(),

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from sipmask.convert.official import convert_official
-from sipmask.convert.official_keys import make_fake_official_checkpoint
-from sipmask.inference.postprocess import ImageMeta, postprocess
+from sipmask.checkpoint.official import convert_official
+from tests.official_fakes import make_fake_official_checkpoint
+from sipmask.model.postprocess import ImageMeta, postprocess
 from sipmask.model.detector import SipMask
-from sipmask.train.criterion import SipMaskCriterion
+from sipmask.model.criterion import SipMaskCriterion
 
 REFERENCE = Path(__file__).parent / "data" / "bm_head_reference.pt"  # see README_bm_reference.md
 

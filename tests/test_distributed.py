@@ -13,7 +13,7 @@ import torch
 
 from sipmask.cli import main
 from sipmask.data.synth_coco import write_synthetic_coco
-from sipmask.train.checkpoint import build_model_from_checkpoint
+from sipmask.checkpoint import load_checkpoint, read_checkpoint
 from tests.coco_helpers import SMALL_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,9 +73,10 @@ def test_two_process_loss_curve_matches_one_process(runs):
 def test_ddp_checkpoint_loads_and_evaluates_like_one_process(runs, tmp_path):
     root, data = runs
     ddp_ckpt = root / "ddp" / "last.pth"
-    model, state = build_model_from_checkpoint(ddp_ckpt)  # plain keys, no "module." prefix
+    load_checkpoint(ddp_ckpt)  # builds the model: plain keys, no "module." prefix
+    state = read_checkpoint(ddp_ckpt)
     assert not any(k.startswith("module.") for k in state["model"])
-    single_state = build_model_from_checkpoint(root / "single" / "last.pth")[1]
+    single_state = read_checkpoint(root / "single" / "last.pth")
     assert state["model"].keys() == single_state["model"].keys()
     for key in state["model"]:  # same training, up to float summation order
         assert torch.allclose(state["model"][key].float(), single_state["model"][key].float(), rtol=1e-2, atol=1e-3), key

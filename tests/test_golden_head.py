@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from sipmask.config import get_preset
-from sipmask.inference.postprocess import ImageMeta, postprocess
+from sipmask.model.postprocess import ImageMeta, postprocess
 from sipmask.model.head import SipMaskHead
-from sipmask.train.criterion import SipMaskCriterion
+from sipmask.model.criterion import SipMaskCriterion
 from tests.golden import golden_head_state, golden_outputs, load_golden
 
 CFG = get_preset("mm_r50_gn_1x")

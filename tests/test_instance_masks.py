@@ -1,13 +1,37 @@
 """Window-wise instance masks equal the whole-canvas computation (assemble, crop_split, upsample, threshold)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-from sipmask.inference.masks import paste_instance_masks, upsampled_size
-from sipmask.inference.postprocess import CANVAS_STRIDE, ImageMeta, paste_masks
+from sipmask.model.mask_paste import paste_instance_masks, upsampled_size
+from sipmask.model.postprocess import CANVAS_STRIDE, ImageMeta
 from sipmask.model.assembly import assemble_sub_masks
 from sipmask.ops.crop_split import crop_split
+
+
+def paste_masks(canvas_masks: Tensor, meta: ImageMeta, mask_thr: float) -> Tensor:
+    """Cropped canvas probabilities [N, Hc, Wc] -> bool masks [N, H_ori, W_ori].
+
+    Upsampled by 2 / scale_factor with the PyTorch-1.1 output size floor(in * f) (official),
+    bilinear, thresholded, pasted at the top-left of the original-size canvas (excess cropped).
+    """
+    n, hc, wc = canvas_masks.shape
+    h_ori, w_ori = meta.ori_shape
+    w_scale, h_scale = meta.scale_factor
+    out_h = int(math.floor(hc * (CANVAS_STRIDE / h_scale)))
+    out_w = int(math.floor(wc * (CANVAS_STRIDE / w_scale)))
+    result = torch.zeros((n, h_ori, w_ori), dtype=torch.bool, device=canvas_masks.device)
+    h, w = min(out_h, h_ori), min(out_w, w_ori)
+    for start in range(0, n, 8):
+        chunk = canvas_masks[start : start + 8]
+        up = F.interpolate(chunk[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
+        result[start : start + 8, :h, :w] = up[:, :h, :w] > mask_thr
+    return result
 
 
 def _reference(basis, coefs, boxes, meta, thr, grid):
@@ -63,7 +87,7 @@ def _random_case(n=30, canvas=(40, 52), grid=2, seed=1, dtype=torch.float32):
 
 def test_per_pixel_writes_equal_block_writes(monkeypatch):
     """The per-pixel write path (used with deterministic CUDA index_put) gives the same masks."""
-    import sipmask.inference.masks as masks
+    import sipmask.model.mask_paste as masks
 
     basis, coefs, boxes = _random_case()
     blocks = paste_instance_masks(basis, coefs, boxes, (80, 104), (75, 110), 0.4, 2)

@@ -8,16 +8,16 @@ import pytest
 import torch
 import torchvision
 
-from sipmask.convert.classes import COCO_CATEGORY_IDS, MMDET_COCO_CLASSES, YTVIS2019_CLASS_NAMES
-from sipmask.convert.official_keys import (
+from sipmask.checkpoint.classes import COCO_CATEGORY_IDS, MMDET_COCO_CLASSES, YTVIS2019_CLASS_NAMES
+from sipmask.checkpoint.official_keys import (
     OFFICIAL_SPECS,
     get_spec,
     is_parameter,
-    make_fake_official_checkpoint,
     official_config_names,
     official_state_dict_shapes,
 )
 from sipmask.errors import ConfigError
+from tests.official_fakes import make_fake_official_checkpoint
 
 # (state-dict tensors, parameters) per official config, from notes section 10.4.
 NOTES_10_4 = {

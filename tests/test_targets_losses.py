@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from sipmask.ops.boxes import aligned_iou
-from sipmask.train.losses import box_loss, centerness_loss, sigmoid_focal_loss_sum
-from sipmask.train.mask_loss import MaskLossInputs, mask_alignment_loss, rescoring_loss
-from sipmask.train.targets import centerness_targets, fcos_targets, level_points
+from sipmask.model.losses import box_loss, centerness_loss, sigmoid_focal_loss_sum
+from sipmask.model.mask_loss import MaskLossInputs, mask_alignment_loss, rescoring_loss
+from sipmask.model.targets import centerness_targets, fcos_targets, level_points
 
 RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, 1e8))
 STRIDES = (8, 16, 32, 64, 128)

@@ -17,7 +17,7 @@ from sipmask.config import get_preset
 from sipmask.data.synth_coco import write_synthetic_coco
 from sipmask.errors import CheckpointError
 from sipmask.model.detector import build_model
-from sipmask.train.checkpoint import load_checkpoint, save_checkpoint
+from sipmask.checkpoint import read_checkpoint, save_checkpoint
 from sipmask.train.schedule import make_schedule
 from sipmask.train.trainer import param_groups
 from tests.coco_helpers import SMALL_OVERRIDES
@@ -94,13 +94,13 @@ def test_killed_run_resumed_ends_with_equal_weights(small_data, tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)  # killed, not asked to stop
     proc.wait()
-    killed_at = load_checkpoint(last)["iteration"]
+    killed_at = read_checkpoint(last)["iteration"]
     assert proc.returncode == -signal.SIGKILL and 2 <= killed_at < 10
 
     resumed = subprocess.run(_train_cmd(small_data, tmp_path / "killed", "--resume"), env=_env(),
                              capture_output=True, text=True, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr
-    a, b = load_checkpoint(tmp_path / "full" / "last.pth"), load_checkpoint(last)
+    a, b = read_checkpoint(tmp_path / "full" / "last.pth"), read_checkpoint(last)
     assert a["iteration"] == b["iteration"] == 10
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
@@ -138,10 +138,10 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
         fh.write(b"PK\x03\x04 half a zip file")
         raise OSError("no space left on device")
 
-    monkeypatch.setattr("sipmask.train.checkpoint.torch.save", broken_save)
+    monkeypatch.setattr("sipmask.checkpoint.format.torch.save", broken_save)
     with pytest.raises(OSError, match="no space"):
         save_checkpoint({"config": {}, "classes": [], "model": {"w": torch.zeros(3)}, "iteration": 2}, path)
-    state = load_checkpoint(path)
+    state = read_checkpoint(path)
     assert state["iteration"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]  # no temporary file left
 
@@ -171,7 +171,7 @@ def test_bad_checkpoints_give_checkpoint_errors_and_never_run_code(tmp_path):
                          (empty, "empty file"), (plain, "not a sipmask checkpoint"),
                          (evil, "refused to load"), (tmp_path / "missing.pth", "no such file")):
         with pytest.raises(CheckpointError) as err:
-            load_checkpoint(path)
+            read_checkpoint(path)
         assert str(path) in str(err.value) and reason in str(err.value), str(err.value)
     assert not marker.exists()
 

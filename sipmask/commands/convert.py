@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from sipmask.convert.official import SOURCE_ALIASES
+from sipmask.checkpoint.official import SOURCE_ALIASES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sipmask.convert.official import convert_official, save_converted
+    from sipmask.checkpoint.official import convert_official, save_converted
 
     cfg, state, metadata = convert_official(args.input, source=args.source, config=args.config)
     src = metadata["source"]

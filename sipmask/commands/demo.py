@@ -48,8 +48,9 @@ def _draw(model, images_dir: Path, ann_file: Path, class_names: list[str], out_d
 def run(args: argparse.Namespace) -> int:
     from sipmask.commands.eval_files import format_metrics
     from sipmask.data.synth_coco import write_synthetic_coco
-    from sipmask.evaluation.coco_eval import evaluate_model, write_json
-    from sipmask.train.checkpoint import build_model_from_checkpoint
+    from sipmask.data.coco_results import write_json
+    from sipmask.evaluation.coco_eval import evaluate_model
+    from sipmask.checkpoint import load_checkpoint
     from sipmask.train.trainer import TrainOptions, train
 
     out = Path(args.out)
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
     ))
     print("[3/4] evaluating on the val split")
-    model, state = build_model_from_checkpoint(summary["last"])
+    model, state = load_checkpoint(summary["last"])
     class_names = [c["name"] for c in state["classes"]]
     metrics = evaluate_model(
         model, paths["val_images"], paths["val_ann"], [c["id"] for c in state["classes"]],

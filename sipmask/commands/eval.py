@@ -44,14 +44,15 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.images).is_dir():
         raise ConfigError(f"{args.images}: image folder not found")
     from sipmask.data.coco import load_coco_ground_truth
-    from sipmask.evaluation.coco_eval import evaluate_model, write_json
-    from sipmask.convert.loading import load_any_checkpoint
-    from sipmask.train.distributed import init_distributed, shutdown
+    from sipmask.data.coco_results import write_json
+    from sipmask.evaluation.coco_eval import evaluate_model
+    from sipmask.checkpoint import load_checkpoint
+    from sipmask.distributed import init_distributed, shutdown
 
     load_coco_ground_truth(args.ann)  # fail at once on a bad file or an annotation that cannot be scored
     ctx = init_distributed(args.device)
     try:
-        model, state = load_any_checkpoint(args.checkpoint, ctx.device)  # ours or an official file
+        model, state = load_checkpoint(args.checkpoint, ctx.device)  # ours or an official file
         cat_ids = [c["id"] for c in state["classes"]]
         metrics = evaluate_model(
             model, args.images, args.ann, cat_ids, ctx, args.results_out, args.progress, args.score_thr

@@ -33,10 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from sipmask.commands.arguments import check_output_file
     from sipmask.errors import SipMaskError
     from sipmask.export.onnx import compare_results, export_onnx, results_match
-    from sipmask.inference.predictor import Predictor, checkpoint_classes, load_checkpoint_model
+    from sipmask.checkpoint import checkpoint_classes, load_checkpoint
+    from sipmask.inference.predictor import Predictor
 
     check_output_file(args.out, "--out")  # before the model is loaded and exported
-    model, state = load_checkpoint_model(args.checkpoint)
+    model, state = load_checkpoint(args.checkpoint)
     names, ids = checkpoint_classes(state, args.checkpoint, model.cfg.head.num_classes)
     start = time.perf_counter()
     try:

@@ -163,7 +163,7 @@ def _video(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: f
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sipmask.evaluation.coco_eval import write_json
+    from sipmask.data.coco_results import write_json
     from sipmask.inference.predictor import Predictor
     from sipmask.inference.sources import collect_sources
 

@@ -11,16 +11,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import torch
-from pycocotools import mask as mask_utils
 
 from sipmask.data.coco import check_ground_truth_segmentations, load_coco_annotations, load_coco_ground_truth
+from sipmask.data.coco_results import result_to_coco, write_json
 from sipmask.data.image_io import read_image
 from sipmask.errors import AnnotationError, ResultsError
 
@@ -98,32 +95,6 @@ def score_coco(
     raise ValueError(f"backend must be 'faster' or 'pycocotools', got {backend!r}")
 
 
-def result_to_coco(result: dict[str, torch.Tensor], image_id: int, label_to_cat_id: Sequence[int]) -> list[dict[str, Any]]:
-    """One image's predictions (boxes [N,4] x1y1x2y2, scores [N], labels [N], masks bool [N,H,W])
-    -> COCO results dicts (bbox [x, y, w, h] with w = x2 - x1; segmentation RLE, counts as str)."""
-    boxes = result["boxes"].double().numpy()
-    scores = result["scores"].double().numpy()
-    labels = result["labels"].numpy()
-    out = []
-    masks = result.get("masks")
-    rles = []
-    if masks is not None and len(masks):
-        rles = mask_utils.encode(np.asfortranarray(masks.numpy().astype(np.uint8).transpose(1, 2, 0)))
-    for j in range(len(scores)):
-        x1, y1, x2, y2 = (float(v) for v in boxes[j])
-        entry: dict[str, Any] = {
-            "image_id": int(image_id),
-            "category_id": int(label_to_cat_id[int(labels[j])]),
-            "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-            "score": round(float(scores[j]), 5),
-        }
-        if len(rles):
-            rle = rles[j]
-            entry["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-        out.append(entry)
-    return out
-
-
 def predict_coco_results(
     model: Any,
     images_dir: str | os.PathLike,
@@ -172,7 +143,7 @@ def evaluate_model(
 
     Returns the metrics dict on rank 0 (and in single-process runs), None on other ranks.
     """
-    from sipmask.train.distributed import DistContext, gather_lists
+    from sipmask.distributed import DistContext, gather_lists
 
     ctx = ctx or DistContext()
     local = predict_coco_results(
@@ -185,16 +156,3 @@ def evaluate_model(
     if results_out is not None:
         write_json(results_out, results)
     return score_coco(ann_file, results)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (tmp file + os.replace); the tmp file is removed if that fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -4,7 +4,7 @@ The ONNX graph takes the normalised, padded batch `images` [B, 3, H, W] (B, H an
 multiples of 32, as `SipMask.batch_images` makes them) and returns the raw head outputs, level by
 level: cls_logits_l [B, C, H_l, W_l], distances_l [B, 4, H_l, W_l] (input pixels), centerness_l
 [B, 1, H_l, W_l], coefs_l [B, k*k*K, H_l, W_l], basis [B, K, H/2, W/2]. Scoring, NMS and mask
-assembly then run in PyTorch (`sipmask.inference.postprocess`) on both backends, so ONNX Runtime and
+assembly then run in PyTorch (`sipmask.model.postprocess`) on both backends, so ONNX Runtime and
 PyTorch results differ only by the network's float rounding. (Data-dependent top-k, NMS output
 counts and per-instance mask crops do not map well to a static ONNX graph.)
 """

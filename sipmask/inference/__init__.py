@@ -1,1 +1,1 @@
-"""Inference: postprocessing, drawing, video IO and the Predictor."""
+"""Inference: the Predictor (checkpoint or ONNX in, results out), drawing, image / video sources, benchmarks."""

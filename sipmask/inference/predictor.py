@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
 import numpy as np
@@ -23,8 +22,9 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from sipmask.data.image_io import read_image, to_rgb_uint8
+from sipmask.checkpoint import checkpoint_classes, load_checkpoint
 from sipmask.errors import CheckpointError
-from sipmask.inference.postprocess import ImageMeta, postprocess
+from sipmask.model.postprocess import ImageMeta, postprocess
 from sipmask.model.detector import SipMask
 from sipmask.model.head import HeadOutput
 from sipmask.model.preprocess import prepare_test_image
@@ -148,7 +148,7 @@ class Predictor:
         With backend="onnxruntime" and no onnx_path, the network is exported to ONNX in memory first
         (seconds to a minute; `sipmask export` writes a file to reuse).
         """
-        model, state = load_checkpoint_model(path)
+        model, state = load_checkpoint(path)
         names, ids = checkpoint_classes(state, path, model.cfg.head.num_classes)
         if backend == "onnxruntime" and onnx_path is None:
             from sipmask.export.onnx import export_onnx_bytes
@@ -230,40 +230,10 @@ class Predictor:
 def to_coco_results(result: dict[str, Any], image_id: int, category_ids: Sequence[int]) -> list[dict[str, Any]]:
     """One result -> COCO results entries: image_id, category_id (category_ids[label]), bbox [x, y, w, h],
     score, segmentation (compressed RLE by pycocotools, counts as str)."""
-    from sipmask.evaluation.coco_eval import result_to_coco
+    from sipmask.data.coco_results import result_to_coco
 
     tensors = {k: v for k, v in result.items() if isinstance(v, Tensor)}
     return result_to_coco(tensors, image_id, category_ids)
-
-
-def load_checkpoint_model(path: str | os.PathLike) -> tuple[SipMask, dict[str, Any]]:
-    """(model on the CPU in eval mode, checkpoint metadata) from a sipmask or official checkpoint."""
-    from sipmask.convert.loading import load_any_checkpoint
-
-    return load_any_checkpoint(Path(path), "cpu")
-
-
-def checkpoint_classes(state: dict[str, Any], path: str | os.PathLike = "checkpoint",
-                       num_classes: int | None = None) -> tuple[list[str] | None, list[int] | None]:
-    """(class names, category ids) per label from a checkpoint dict, None where it has none.
-
-    Raises CheckpointError naming `path` for malformed entries, duplicate ids, or (given
-    num_classes, the model's) a count that does not match the model."""
-    classes = state.get("classes")
-    if isinstance(classes, list) and classes and all(isinstance(c, dict) for c in classes):
-        try:
-            names, ids = [str(c["name"]) for c in classes], [int(c["id"]) for c in classes]
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: 'classes' entries need 'id' and 'name' ({err})") from None
-    else:
-        names, ids = state.get("class_names"), state.get("category_ids")
-        names, ids = (list(names) if names else None), ([int(i) for i in ids] if ids else None)
-    if ids is not None and len(set(ids)) != len(ids):
-        raise CheckpointError(f"{path}: duplicate category ids in its classes")
-    for what, values in (("class names", names), ("category ids", ids)):
-        if num_classes is not None and values is not None and len(values) != num_classes:
-            raise CheckpointError(f"{path}: {len(values)} {what} for a model of {num_classes} classes")
-    return names, ids
 
 
 @contextmanager

@@ -1,1 +1,1 @@
-"""The SipMask network: ResNet backbone, FPN neck, SipMask head, and the detector that ties them together."""
+"""The SipMask model: ResNet backbone, FPN neck, SipMask head, FCOS targets, losses and postprocess, and the detector that ties them together."""

@@ -9,12 +9,12 @@ from torch import Tensor, nn
 
 from sipmask.config import SipMaskConfig
 from sipmask.data.image_io import to_rgb_uint8
-from sipmask.inference.postprocess import ImageMeta, postprocess
+from sipmask.model.postprocess import ImageMeta, postprocess
 from sipmask.model.backbone import ResNet
 from sipmask.model.fpn import FPN
 from sipmask.model.head import HeadOutput, SipMaskHead
 from sipmask.model.preprocess import normalise_and_pad, prepare_test_image
-from sipmask.train.criterion import SipMaskCriterion
+from sipmask.model.criterion import SipMaskCriterion
 
 
 class SipMask(nn.Module):

@@ -10,7 +10,7 @@ from PIL import Image
 from torch import Tensor
 
 from sipmask.config import InputConfig
-from sipmask.inference.postprocess import ImageMeta
+from sipmask.model.postprocess import ImageMeta
 
 
 def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[tuple[int, int], float]:

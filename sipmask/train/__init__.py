@@ -1,1 +1,1 @@
-"""Training: FCOS targets, SipMask losses, and the trainer."""
+"""Training: the trainer (single process or torchrun), its schedule and exact-resume state."""

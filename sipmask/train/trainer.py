@@ -27,8 +27,9 @@ from sipmask.data.coco import CocoDataset, load_coco_ground_truth
 from sipmask.data.loader import TrainBatchSampler, iters_per_epoch, make_train_loader, worker_error_message
 from sipmask.data.transforms import TrainTransform
 from sipmask.errors import CheckpointError, ConfigError, SipMaskError
-from sipmask.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from sipmask.train.distributed import DistContext, barrier, broadcast_object, init_distributed, mean_across, shutdown
+from sipmask.checkpoint import read_checkpoint, save_checkpoint
+from sipmask.train.rng_state import capture_rng, restore_rng
+from sipmask.distributed import DistContext, barrier, broadcast_object, init_distributed, mean_across, shutdown
 from sipmask.train.schedule import Schedule, make_schedule
 
 #: Official MM paramwise options of the HR configs: bias lr x2, bias weight decay 0 (norms excluded).
@@ -116,7 +117,7 @@ def _targets_to(targets: list[dict[str, Any]], device: torch.device) -> list[dic
 def _load_init_weights(model: nn.Module, path: str) -> list[str]:
     """--weights: start from a sipmask checkpoint; tensors whose shape differs (e.g. another class
     count) are skipped. Returns the skipped keys."""
-    state = load_checkpoint(path)["model"]
+    state = read_checkpoint(path)["model"]
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(own) - set(usable))
@@ -267,7 +268,7 @@ class _Trainer:
         path = self.out / "last.pth"
         if not path.exists():
             raise CheckpointError(f"{path}: --resume given but there is no last.pth in {self.out}")
-        state = load_checkpoint(path)
+        state = read_checkpoint(path)
         data = state.get("data", {})
         for key, mine in (("seed", self.opts.seed), ("total_batch", self.total_batch), ("dataset_len", len(self.dataset))):
             if data.get(key) != mine:

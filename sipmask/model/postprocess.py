@@ -1,26 +1,22 @@
 """From head outputs to detections: scoring, per-level top-k, NMS, and masks for the kept detections only."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from sipmask.config import TestConfig
-from sipmask.inference.masks import paste_instance_masks, upsampled_size
+from sipmask.model.mask_paste import paste_instance_masks, upsampled_size
 from sipmask.model.assembly import assemble_sub_masks
 from sipmask.model.head import HeadOutput, MaskRescoring
 from sipmask.ops.boxes import distance_to_box
 from sipmask.ops.crop_split import crop_split
 from sipmask.ops.nms import fast_nms, multiclass_nms, per_class_nms
-from sipmask.train.targets import level_points
+from sipmask.model.targets import level_points
 
 #: The basis canvas is at half the input resolution (official stride-2 basis masks).
 CANVAS_STRIDE = 2
-#: Detections whose masks are upsampled together; bounds peak memory at large image sizes.
-MASK_CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -87,30 +83,11 @@ def _benchmark_detections(
     return boxes[keep], scores[keep], labels[keep], coefs[keep]
 
 
-def paste_masks(canvas_masks: Tensor, meta: ImageMeta, mask_thr: float) -> Tensor:
-    """Cropped canvas probabilities [N, Hc, Wc] -> bool masks [N, H_ori, W_ori].
-
-    Upsampled by 2 / scale_factor with the PyTorch-1.1 output size floor(in * f) (official),
-    bilinear, thresholded, pasted at the top-left of the original-size canvas (excess cropped).
-    """
-    n, hc, wc = canvas_masks.shape
-    h_ori, w_ori = meta.ori_shape
-    w_scale, h_scale = meta.scale_factor
-    out_h = int(math.floor(hc * (CANVAS_STRIDE / h_scale)))
-    out_w = int(math.floor(wc * (CANVAS_STRIDE / w_scale)))
-    result = torch.zeros((n, h_ori, w_ori), dtype=torch.bool, device=canvas_masks.device)
-    h, w = min(out_h, h_ori), min(out_w, w_ori)
-    for start in range(0, n, MASK_CHUNK):
-        chunk = canvas_masks[start : start + MASK_CHUNK]
-        up = F.interpolate(chunk[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
-        result[start : start + MASK_CHUNK, :h, :w] = up[:, :h, :w] > mask_thr
-    return result
-
-
 def _masks(basis: Tensor, coefs: Tensor, canvas_boxes: Tensor, meta: ImageMeta, scale: tuple[float, float],
            mask_thr: float, grid: int) -> Tensor:
-    """bool [N, H_ori, W_ori]: what paste_masks(crop_split(assemble_sub_masks(...))) gives, computed in
-    each box's window only (sipmask.inference.masks). basis [K, Hc, Wc]; coefs [N, k*k*K];
+    """bool [N, H_ori, W_ori]: the official whole-canvas paste of crop_split(assemble_sub_masks(...))
+    (upsample the canvas by 2 / scale_factor, threshold, paste top-left), computed in each box's
+    window only (sipmask.model.mask_paste). basis [K, Hc, Wc]; coefs [N, k*k*K];
     canvas_boxes [N, 4]; scale: (w_scale, h_scale) from original to resized pixels."""
     out_size = upsampled_size(tuple(basis.shape[-2:]), (CANVAS_STRIDE / scale[1], CANVAS_STRIDE / scale[0]))
     return paste_instance_masks(basis, coefs, canvas_boxes, out_size, meta.ori_shape, mask_thr, grid)

@@ -17,16 +17,18 @@ import torch
 from torch import Tensor
 
 from sipmask.config import SipMaskConfig, get_preset
-from sipmask.convert import bm_names, mm_names
-from sipmask.convert.classes import (
+from sipmask.checkpoint import bm_names, mm_names
+from sipmask.checkpoint.classes import (
     COCO_CATEGORY_IDS,
     COCO_CLASS_NAMES,
     YTVIS2019_CATEGORY_IDS,
     YTVIS2019_CLASS_NAMES,
 )
-from sipmask.convert.official_keys import FLOAT, OFFICIAL_SPECS, SOURCES, official_state_dict_shapes
-from sipmask.convert.reading import read_weights_file
+from sipmask.checkpoint.official_keys import FLOAT, OFFICIAL_SPECS, SOURCES, official_state_dict_shapes
+from sipmask.checkpoint.reading import read_weights_file
+from sipmask.checkpoint.format import save_checkpoint
 from sipmask.errors import CheckpointError, ConfigError
+from sipmask.model.detector import SipMask
 
 #: Names a user may give for each official code base.
 SOURCE_ALIASES = {"mmdet": "mmdet", "mm": "mmdet", "mmdetection": "mmdet", "benchmark": "benchmark",
@@ -324,8 +326,6 @@ def _map_tensors(
 
 def _check_against_model(state: dict[str, Tensor], cfg: SipMaskConfig, name: str) -> None:
     """Every tensor of SipMask(cfg) is filled exactly, nothing more (built on the meta device: no memory)."""
-    from sipmask.model.detector import SipMask
-
     with torch.device("meta"):
         reference = SipMask(cfg).state_dict()
     missing = [k for k in reference if k not in state]
@@ -360,7 +360,7 @@ def _show(items: list[Any]) -> str:
 
 
 def checkpoint_payload(cfg: SipMaskConfig, state: dict[str, Tensor], metadata: dict[str, Any]) -> dict[str, Any]:
-    """The self-describing checkpoint dict (sipmask.train.checkpoint format) of a converted model."""
+    """The self-describing checkpoint dict (sipmask.checkpoint.format format) of a converted model."""
     return {
         "preset": metadata["source"]["preset"],
         "config": cfg.to_dict(),
@@ -381,7 +381,5 @@ def checkpoint_payload(cfg: SipMaskConfig, state: dict[str, Tensor], metadata: d
 def save_converted(path: str | os.PathLike, cfg: SipMaskConfig, state: dict[str, Tensor],
                    metadata: dict[str, Any]) -> Path:
     """Write the converted model as a sipmask checkpoint (atomically)."""
-    from sipmask.train.checkpoint import save_checkpoint
-
     return save_checkpoint(checkpoint_payload(cfg, state, metadata), path)
 

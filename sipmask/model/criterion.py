@@ -8,9 +8,9 @@ from torch import Tensor
 from sipmask.config import HeadConfig, LossConfig
 from sipmask.model.head import HeadOutput, MaskRescoring
 from sipmask.ops.boxes import distance_to_box
-from sipmask.train.losses import box_loss, centerness_loss, sigmoid_focal_loss_sum
-from sipmask.train.mask_loss import MaskLossInputs, kept_positives, mask_alignment_loss, rescoring_loss
-from sipmask.train.targets import Targets, centerness_targets, fcos_targets, level_points
+from sipmask.model.losses import box_loss, centerness_loss, sigmoid_focal_loss_sum
+from sipmask.model.mask_loss import MaskLossInputs, kept_positives, mask_alignment_loss, rescoring_loss
+from sipmask.model.targets import Targets, centerness_targets, fcos_targets, level_points
 
 #: The basis canvas is at half the input resolution (official stride-2 basis masks).
 CANVAS_STRIDE = 2

@@ -8,15 +8,14 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no p
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sipmask.config import SipMaskConfig
+from sipmask.checkpoint.reading import read_weights_file
 from sipmask.errors import CheckpointError
 
 FORMAT = "sipmask-checkpoint"
@@ -46,10 +45,9 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a sipmask checkpoint (on the CPU) without running code from it. Raises CheckpointError(file: reason)."""
-    from sipmask.convert.reading import read_weights_file
-
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The whole dict of a sipmask checkpoint (model, optimizer, ... on the CPU), read without running
+    code from it. Raises CheckpointError(file: reason). To get a model, use `load_checkpoint`."""
     path = Path(path)
     state = read_weights_file(path)
     if not isinstance(state, dict):
@@ -68,51 +66,3 @@ def config_from_checkpoint(state: dict[str, Any], path: str | os.PathLike = "che
         return SipMaskConfig.from_dict(state["config"])
     except Exception as err:
         raise CheckpointError(f"{path}: its config is not valid ({err})") from None
-
-
-def build_model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(model in eval mode on `device`, checkpoint dict) from a sipmask checkpoint."""
-    from sipmask.model.detector import build_model
-
-    state = load_checkpoint(path)
-    cfg = config_from_checkpoint(state, path)
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:
-        from sipmask.convert.reading import describe_state_dict_mismatch
-
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
-                              f"({describe_state_dict_mismatch(model, state['model'])})") from None
-    return model.to(device).eval(), state
-
-
-def capture_rng() -> dict[str, Any]:
-    """RNG states of torch (CPU and CUDA), numpy and Python, as weights_only-loadable values."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-        "python": _to_lists(random.getstate()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    random.setstate(_to_tuples(state["python"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_lists(value: Any) -> Any:
-    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
-
-
-def _to_tuples(value: Any) -> Any:
-    return tuple(_to_tuples(v) for v in value) if isinstance(value, (tuple, list)) else value

@@ -1,1 +1,0 @@
-"""Reading the official SipMask checkpoints (mmdetection, benchmark and VIS code bases)."""
