@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import sipmask
+from sipmask.checkpoint import load_imagenet_weights
 from sipmask.config import get_preset, list_presets
 from sipmask.errors import ConfigError
 
@@ -102,7 +103,7 @@ def test_imagenet_weights_load_from_torchvision_format(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
     model = sipmask.build_model("tiny", num_classes=2)
-    model.backbone.load_imagenet(path)
+    load_imagenet_weights(model.backbone, path)
     torch.testing.assert_close(model.backbone.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
     torch.testing.assert_close(model.backbone.bn1.running_var, reference.bn1.running_var)
 
@@ -113,15 +114,15 @@ def test_imagenet_weights_wrong_file_is_named(tmp_path):
     model = sipmask.build_model("tiny", num_classes=2)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pth"):
-        model.backbone.load_imagenet(tmp_path / "junk.pth")
+        load_imagenet_weights(model.backbone, tmp_path / "junk.pth")
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")
     with pytest.raises(CheckpointError, match="missing"):
-        model.backbone.load_imagenet(tmp_path / "partial.pth")
+        load_imagenet_weights(model.backbone, tmp_path / "partial.pth")
     import torchvision
 
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
     with pytest.raises(CheckpointError, match="shapes do not fit"):
-        model.backbone.load_imagenet(tmp_path / "r50.pth")
+        load_imagenet_weights(model.backbone, tmp_path / "r50.pth")
 
 
 def _toy_batch(size: int = 96):

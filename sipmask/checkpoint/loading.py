@@ -10,6 +10,7 @@ from sipmask.checkpoint.format import FORMAT, REQUIRED_KEYS, config_from_checkpo
 from sipmask.checkpoint.official import checkpoint_payload, convert_official
 from sipmask.checkpoint.reading import describe_state_dict_mismatch, read_weights_file
 from sipmask.errors import CheckpointError
+from sipmask.model.backbone import ResNet
 from sipmask.model.detector import SipMask
 
 
@@ -61,3 +62,9 @@ def checkpoint_classes(metadata: dict[str, Any], path: str | os.PathLike = "chec
         if num_classes is not None and values is not None and len(values) != num_classes:
             raise CheckpointError(f"{path}: {len(values)} {what} for a model of {num_classes} classes")
     return names, ids
+
+
+def load_imagenet_weights(backbone: ResNet, path: str | os.PathLike) -> None:
+    """Initialise a ResNet backbone from a local ImageNet file (torchvision or official mmdetection
+    caffe format), read without running code from it. Raises CheckpointError(file: reason)."""
+    backbone.load_imagenet_state(read_weights_file(path), path)

@@ -24,7 +24,7 @@ from sipmask.checkpoint.classes import (
     YTVIS2019_CATEGORY_IDS,
     YTVIS2019_CLASS_NAMES,
 )
-from sipmask.checkpoint.official_keys import FLOAT, OFFICIAL_SPECS, SOURCES, official_state_dict_shapes
+from sipmask.checkpoint.official_keys import FLOAT, OFFICIAL_SPECS, official_state_dict_shapes
 from sipmask.checkpoint.reading import read_weights_file
 from sipmask.checkpoint.format import save_checkpoint
 from sipmask.errors import CheckpointError, ConfigError

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-import torch
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -154,15 +153,9 @@ class ResNet(nn.Module):
             outs.append(x)
         return outs
 
-    def load_imagenet(self, path: str | Path) -> None:
-        """Load a torchvision-format or official (mmdetection caffe) ImageNet state dict from a local file."""
-        path = Path(path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no such file") from None
-        except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file for the user
-            raise CheckpointError(f"{path}: not a readable weights file ({err})") from None
+    def load_imagenet_state(self, state: Any, path: str | Path = "weights") -> None:
+        """Load a torchvision-format or official (mmdetection caffe) ImageNet state dict (as read from
+        `path`, named in errors); `sipmask.checkpoint.load_imagenet_weights` reads the file safely."""
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         if not isinstance(state, dict):

@@ -27,7 +27,7 @@ from sipmask.data.coco import CocoDataset, load_coco_ground_truth
 from sipmask.data.loader import TrainBatchSampler, iters_per_epoch, make_train_loader, worker_error_message
 from sipmask.data.transforms import TrainTransform
 from sipmask.errors import CheckpointError, ConfigError, SipMaskError
-from sipmask.checkpoint import read_checkpoint, save_checkpoint
+from sipmask.checkpoint import load_imagenet_weights, read_checkpoint, save_checkpoint
 from sipmask.train.rng_state import capture_rng, restore_rng
 from sipmask.distributed import DistContext, barrier, broadcast_object, init_distributed, mean_across, shutdown
 from sipmask.train.schedule import Schedule, make_schedule
@@ -226,7 +226,7 @@ class _Trainer:
         torch.manual_seed(self.opts.seed)  # the same initial weights in every process and run
         model = build_model(self.cfg)
         if self.opts.backbone_weights:
-            model.backbone.load_imagenet(self.opts.backbone_weights)
+            load_imagenet_weights(model.backbone, self.opts.backbone_weights)
         if self.opts.weights:
             skipped = _load_init_weights(model, self.opts.weights)
             if skipped and self.ctx.is_main:
