@@ -191,3 +191,28 @@ def test_mean_over_processes_averages_across_two_gloo_processes(tmp_path):
         results = manager.dict()
         mp.spawn(_all_reduce_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
         assert dict(results) == {0: [3.0, 5.0], 1: [3.0, 5.0]}
+
+
+def test_benchmark_gt_masks_are_downsampled_at_the_unpadded_size():
+    """BM halves the unpadded mask as PyTorch 1.1 did (size floor(W / 2), sampling ratio W / floor(W / 2)):
+    for width 7 the middle output column samples input column 3 exactly; mmdetection pads first (ratio 2)."""
+    mask = torch.zeros(1, 2, 7, dtype=torch.uint8)
+    mask[..., 3] = 1
+    bm = criterion_module.canvas_gt_masks([mask], (4, 4), "benchmark")[0]
+    mm = criterion_module.canvas_gt_masks([mask], (4, 4), "mmdet")[0]
+    expected = torch.zeros(1, 4, 4)
+    expected[0, 0, 1] = 1.0
+    assert torch.equal(bm, expected)
+    assert mm.sum() == 0  # columns 2 and 3 averaged: 0.5 is not > 0.5
+
+
+def test_benchmark_without_positives_divides_focal_loss_by_one(ref, model):
+    out = _head_out(ref, model)
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+              "masks": torch.zeros(0, *t["masks"].shape[-2:], dtype=torch.uint8)} for t in _targets(ref)]
+    with torch.no_grad():
+        losses = model.loss(out, empty)
+        logits = torch.cat([m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]) for m in out.cls_logits])
+        focal_sum = (0.75 * logits.sigmoid() ** 2 * torch.nn.functional.softplus(logits)).sum()
+    assert float(losses["loss_cls"]) == pytest.approx(float(focal_sum), rel=1e-5)  # max(0 positives, 1)
+    assert float(losses["loss_bbox"]) == float(losses["loss_mask"]) == 0.0
