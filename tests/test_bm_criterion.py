@@ -216,3 +216,15 @@ def test_benchmark_without_positives_divides_focal_loss_by_one(ref, model):
         focal_sum = (0.75 * logits.sigmoid() ** 2 * torch.nn.functional.softplus(logits)).sum()
     assert float(losses["loss_cls"]) == pytest.approx(float(focal_sum), rel=1e-5)  # max(0 positives, 1)
     assert float(losses["loss_bbox"]) == float(losses["loss_mask"]) == 0.0
+
+
+def test_benchmark_mask_loss_keeps_predicted_boxes_of_area_above_zero():
+    """Official benchmark loss keeps positives with canvas box area > 0 (mmdetection: > 1)."""
+    basis = torch.ones(1, 1, 6, 8)
+    box = torch.tensor([[2.0, 2.0, 3.0, 2.5]])  # 1 x 0.5 canvas px, covers pixel (2, 2)
+    inputs = MaskLossInputs(torch.zeros(1, dtype=torch.long), torch.tensor([[2.0]]), box, box, torch.ones(1, 6, 8),
+                            torch.tensor([0.5]), torch.zeros(1, dtype=torch.long))
+    bm, _ = mask_alignment_loss(basis, inputs, 1, 1, plus_one=True, style="benchmark")
+    mm, _ = mask_alignment_loss(basis, inputs, 1, 1, plus_one=True, style="mmdet")
+    assert float(bm) == pytest.approx(math.log1p(math.exp(-2.0)) / 0.5, rel=1e-5)
+    assert float(mm) == 0.0
