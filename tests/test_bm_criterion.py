@@ -189,7 +189,9 @@ def test_mean_over_processes_averages_across_two_gloo_processes(tmp_path):
     assert mean_over_processes(torch.tensor([3.0, 4.0], requires_grad=True)).tolist() == [3.0, 4.0]
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_all_reduce_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
+        # fork: the workers need no re-import of this module (and of torch), which would take seconds
+        mp.start_processes(_all_reduce_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True,
+                           start_method="fork")
         assert dict(results) == {0: [3.0, 5.0], 1: [3.0, 5.0]}
 
 
