@@ -58,7 +58,16 @@ def canvas_gt_masks(gt_masks: list[Tensor], canvas: tuple[int, int], style: str 
 
 
 class SipMaskCriterion:
-    """Computes the loss dict from head outputs and per-image targets (boxes in the preset's convention)."""
+    """Computes the loss dict from head outputs and per-image targets (boxes in the preset's convention).
+
+    Normalisers under several processes (DDP then averages the gradients):
+    loss.criterion "mmdet" (official mmdetection / VIS) keeps every normaliser per process: focal /
+    (num_pos + num_imgs), box sum / its centerness sum, mean centerness BCE, mask / num_imgs.
+    "benchmark" (official SipMask-benchmark) averages num_pos and the centerness-target sum over
+    processes (one all-reduce, made even without positives): focal and centerness sums /
+    max(mean num_pos, 1), box sum / mean centerness sum; the mask loss stays per process (/ num_imgs,
+    halved when this process's value exceeds 1).
+    """
 
     def __init__(self, head_cfg: HeadConfig, loss_cfg: LossConfig) -> None:
         if loss_cfg.criterion not in ("mmdet", "benchmark"):
