@@ -70,6 +70,13 @@ class LossConfig:
     box_loss_in_stride_units: bool = True  # MM divides decoded boxes by the stride (VIS does not)
     mask_alignment_weighting: bool = True  # weight per-instance mask BCE by score x IoU (paper)
     rescoring_weight: float = 10.0  # SipMask++ official weight of the mask-IoU loss
+    # "mmdet" (SipMask-mmdetection / VIS): focal / (num_pos + num_imgs), centerness-weighted box
+    # loss and mean centerness BCE, all per process; mask weights w / (sum w + 1e-4) * N.
+    # "benchmark" (SipMask-benchmark): focal and centerness sums / max(mean num_pos over processes, 1),
+    # box loss (GIoU with IoU = (I + 1) / (U + 1) on stride-unit distances) / mean centerness sum
+    # over processes; mask loss on positives with canvas area > 0, weights w / sum w * N, then
+    # only the survivors of a 0.9-IoU NMS, halved when the batch mask loss exceeds 1.
+    criterion: str = "mmdet"
 
 
 @dataclass(frozen=True)
@@ -271,6 +278,8 @@ def _validate(cfg: SipMaskConfig) -> None:
         raise ConfigError(f"test.postprocess_style must be 'mmdet' or 'benchmark', got {cfg.test.postprocess_style!r}")
     if cfg.loss.iou_loss not in ("iou", "giou"):
         raise ConfigError(f"loss.iou_loss must be 'iou' or 'giou', got {cfg.loss.iou_loss!r}")
+    if cfg.loss.criterion not in ("mmdet", "benchmark"):
+        raise ConfigError(f"loss.criterion must be 'mmdet' or 'benchmark', got {cfg.loss.criterion!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,7 +336,7 @@ def _bm(name: str, desc: str, depth: int, ms: bool, iters_steps: tuple[int, ...]
             align_norm=True,
             coef_init_std=0.01,
         ),
-        loss=LossConfig(iou_loss="giou"),
+        loss=LossConfig(iou_loss="giou", criterion="benchmark"),
         test=TestConfig(iou_thr=0.6, sqrt_score=True, postprocess_style="benchmark"),
         input=replace(_HR_MS_INPUT if ms else _HR_INPUT, resize_style="pil"),
         train=TrainConfig(epochs=epochs, lr_steps=iters_steps),

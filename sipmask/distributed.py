@@ -92,3 +92,18 @@ def broadcast_object(ctx: DistContext, obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def mean_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """Sum of `values` over all processes of the default group / their number, detached (any shape).
+
+    Without an initialised group of more than one process this is `values` itself (detached). Every
+    process must call it, in the same order: it is a collective. The official SipMask-benchmark
+    normalises its losses this way (`reduce_sum(x) / num_gpus`).
+    """
+    values = values.detach()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return values
+    total = values.clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()

@@ -6,9 +6,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sipmask.config import HeadConfig, LossConfig
+from sipmask.distributed import mean_over_processes
+from sipmask.errors import ConfigError
 from sipmask.model.head import HeadOutput, MaskRescoring
 from sipmask.ops.boxes import distance_to_box
-from sipmask.model.losses import box_loss, centerness_loss, sigmoid_focal_loss_sum
+from sipmask.model.losses import (
+    box_loss, centerness_loss, centerness_loss_sum, distance_box_loss_sum, sigmoid_focal_loss_sum,
+)
 from sipmask.model.mask_loss import MaskLossInputs, kept_positives, mask_alignment_loss, rescoring_loss
 from sipmask.model.targets import Targets, centerness_targets, fcos_targets, level_points
 
@@ -21,16 +25,27 @@ def _flatten_levels(maps: list[Tensor]) -> Tensor:
     return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], dim=1)
 
 
-def canvas_gt_masks(gt_masks: list[Tensor], canvas: tuple[int, int]) -> list[Tensor]:
+def canvas_gt_masks(gt_masks: list[Tensor], canvas: tuple[int, int], style: str = "mmdet") -> list[Tensor]:
     """GT masks at input resolution [G, H, W] -> canvas [G, Hc, Wc] in {0, 1} (official: bilinear x0.5, > 0.5).
 
-    Masks are zero-padded to twice the canvas first, so batch padding is handled like the official
-    per-image pad-then-copy.
+    "mmdet": masks are zero-padded to twice the canvas first, so batch padding is handled like the
+    official per-image pad-then-copy. "benchmark": the unpadded mask (the resized image size) is
+    downsampled to (H // 2, W // 2) as PyTorch 1.1 did for scale_factor 0.5 (sampling ratio
+    H / (H // 2), which differs from 2 for odd sizes), then zero-filled / cropped to the canvas.
     """
     out = []
     hc, wc = canvas
     for m in gt_masks:
         m = m.float()
+        if style == "benchmark":
+            small = m.new_zeros((m.shape[0], hc, wc))
+            size = (m.shape[1] // CANVAS_STRIDE, m.shape[2] // CANVAS_STRIDE)
+            if m.shape[0] and min(size) > 0:
+                down = F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0]
+                h, w = min(size[0], hc), min(size[1], wc)
+                small[:, :h, :w] = down[:, :h, :w]
+            out.append((small > 0.5).float())
+            continue
         padded = m.new_zeros((m.shape[0], hc * CANVAS_STRIDE, wc * CANVAS_STRIDE))
         h, w = min(m.shape[1], hc * CANVAS_STRIDE), min(m.shape[2], wc * CANVAS_STRIDE)
         padded[:, :h, :w] = m[:, :h, :w]
@@ -43,9 +58,22 @@ def canvas_gt_masks(gt_masks: list[Tensor], canvas: tuple[int, int]) -> list[Ten
 
 
 class SipMaskCriterion:
-    """Computes the loss dict from head outputs and per-image targets (boxes in the preset's convention)."""
+    """Computes the loss dict from head outputs and per-image targets (boxes in the preset's convention).
+
+    Normalisers under several processes (DDP then averages the gradients):
+    loss.criterion "mmdet" (official mmdetection / VIS) keeps every normaliser per process: focal /
+    (num_pos + num_imgs), box sum / its centerness sum, mean centerness BCE, mask / num_imgs.
+    "benchmark" (official SipMask-benchmark) averages num_pos and the centerness-target sum over
+    processes (one all-reduce, made even without positives): focal and centerness sums /
+    max(mean num_pos, 1), box sum / mean centerness sum; the mask loss stays per process (/ num_imgs,
+    halved when this process's value exceeds 1).
+    """
 
     def __init__(self, head_cfg: HeadConfig, loss_cfg: LossConfig) -> None:
+        if loss_cfg.criterion not in ("mmdet", "benchmark"):
+            raise ConfigError(f"loss.criterion must be 'mmdet' or 'benchmark', got {loss_cfg.criterion!r}")
+        if loss_cfg.criterion == "benchmark" and head_cfg.mask_rescoring:
+            raise ConfigError("loss.criterion 'benchmark' has no mask re-scoring loss (SipMask++ is mmdetection only)")
         self.head_cfg = head_cfg
         self.cfg = loss_cfg
 
@@ -80,12 +108,24 @@ class SipMaskCriterion:
         ctr_logits = _flatten_levels(out.centerness).float()[..., 0]  # [B, P]
         coefs = _flatten_levels(out.coefs)  # [B, P, k*k*K]
 
+        benchmark = cfg.criterion == "benchmark"
         labels = targets.labels  # [B, P]
         pos_img, pos_pt = torch.nonzero(labels >= 0, as_tuple=True)
         num_pos = pos_img.numel()
+        pos_target = targets.box_targets[pos_img, pos_pt]  # [N, 4] pixels
+        ctr_target = centerness_targets(pos_target)  # [N]
+        if benchmark:
+            # Official benchmark: positives and centerness-target sum averaged over processes (one
+            # collective, called by every process even without positives).
+            avg_pos, avg_ctr = mean_over_processes(
+                torch.stack([logits.new_tensor(float(num_pos)), ctr_target.sum().detach()])
+            ).tolist()
+            cls_norm = max(avg_pos, 1.0)
+        else:
+            cls_norm = num_pos + num_imgs  # per process (official mmdetection)
         loss_cls = sigmoid_focal_loss_sum(
             logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), cfg.focal_alpha, cfg.focal_gamma
-        ) / (num_pos + num_imgs)
+        ) / cls_norm
 
         if num_pos == 0:
             zero = dists.sum() * 0.0 + ctr_logits.sum() * 0.0
@@ -96,18 +136,21 @@ class SipMaskCriterion:
             return losses
 
         pos_dist = dists[pos_img, pos_pt]
-        pos_target = targets.box_targets[pos_img, pos_pt]
         pos_points = all_points[pos_pt]
-        ctr_target = centerness_targets(pos_target)
         unit = strides[pos_pt][:, None] if cfg.box_loss_in_stride_units else 1.0
-        loss_bbox = box_loss(
-            distance_to_box(pos_points, pos_dist / unit), distance_to_box(pos_points, pos_target / unit),
-            ctr_target, cfg.iou_loss, cfg.box_plus_one,
-        )
-        loss_ctr = centerness_loss(ctr_logits[pos_img, pos_pt], ctr_target)
+        if benchmark:
+            # Distances in stride units (official NORM_REG_TARGETS), (I + 1) / (U + 1) IoU.
+            loss_bbox = distance_box_loss_sum(pos_dist / unit, pos_target / unit, ctr_target, cfg.iou_loss) / avg_ctr
+            loss_ctr = centerness_loss_sum(ctr_logits[pos_img, pos_pt], ctr_target) / cls_norm
+        else:
+            loss_bbox = box_loss(
+                distance_to_box(pos_points, pos_dist / unit), distance_to_box(pos_points, pos_target / unit),
+                ctr_target, cfg.iou_loss, cfg.box_plus_one,
+            )
+            loss_ctr = centerness_loss(ctr_logits[pos_img, pos_pt], ctr_target)
 
         canvas = tuple(out.basis.shape[-2:])
-        canvas_masks = canvas_gt_masks(gt_masks, canvas)
+        canvas_masks = canvas_gt_masks(gt_masks, canvas, cfg.criterion)
         gt_index = targets.gt_index[pos_img, pos_pt]
         pos_labels = labels[pos_img, pos_pt]
         flat_gt_masks = torch.cat(canvas_masks)  # [sum G, Hc, Wc]
@@ -124,7 +167,8 @@ class SipMaskCriterion:
             labels=pos_labels,
         )
         loss_mask, pred_masks = mask_alignment_loss(
-            out.basis, mask_inputs, num_imgs, self.head_cfg.grid, cfg.mask_alignment_weighting, cfg.box_plus_one
+            out.basis, mask_inputs, num_imgs, self.head_cfg.grid, cfg.mask_alignment_weighting, cfg.box_plus_one,
+            cfg.criterion,
         )
         losses = {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr, "loss_mask": loss_mask}
         if rescoring is not None:
