@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,31 +28,51 @@ class DistContext:
         return self.world_size > 1
 
 
+#: What a `device` argument may say: "auto" (the GPU when there is one, else the CPU), "cpu", "cuda", "cuda:N".
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda:0 when CUDA is available, else cpu; "cpu", "cuda" (= cuda:0) or "cuda:N" as asked.
+
+    ConfigError for another string or a CUDA device this machine does not have."""
+    from sipmask.errors import ConfigError
+
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if device == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device is available here (use --device cpu or auto)")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
 def init_distributed(device: str) -> DistContext:
-    """Join the torchrun process group if there is one (gloo for cpu, nccl for cuda).
+    """Join the torchrun process group if there is one (gloo on the CPU, nccl on GPUs).
 
-    `device` is "cpu" or "cuda"; under torchrun each process takes GPU LOCAL_RANK.
+    `device`: "auto", "cpu", "cuda" or "cuda:N" (see resolve_device); under torchrun each process
+    takes GPU LOCAL_RANK.
     """
-    if device == "cuda" and not torch.cuda.is_available():
-        from sipmask.errors import ConfigError
-
-        raise ConfigError("--device cuda: no CUDA device is available")
+    dev = resolve_device(device)
     if not launched_by_torchrun():
-        dev = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
         return DistContext(device=dev)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if device == "cuda":
+    cuda = dev.type == "cuda"
+    if cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo", device_id=dev if device == "cuda" else None)
+        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=dev if cuda else None)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 

@@ -60,7 +60,7 @@ class TrainOptions:
     epochs: int | None = None
     batch_size: int | None = None  # total over all processes; default images_per_gpu x processes
     lr: float | None = None
-    device: str = "cpu"
+    device: str = "auto"  # "auto" (the GPU when there is one, else the CPU), "cpu", "cuda", "cuda:N"
     amp: bool = False
     resume: bool = False
     seed: int = 0
@@ -197,8 +197,8 @@ class _Trainer:
             raise ConfigError(f"--lr must be > 0, got {opts.lr}")
         if (opts.val_images is None) != (opts.val_ann is None):
             raise ConfigError("--val-images and --val-ann go together")
-        if opts.amp and opts.device != "cuda":
-            raise ConfigError("--amp needs --device cuda")
+        if opts.amp and ctx.device.type != "cuda":
+            raise ConfigError(f"--amp needs a CUDA device (--device {opts.device} runs on {ctx.device})")
         _check_run_dir(self.out, opts.resume)
         preset = get_preset(opts.config)
         if opts.overrides:
