@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +78,55 @@ def init_distributed(device: str) -> DistContext:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=dev if cuda else None)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+#: Exit codes of a process that ends its torchrun job: a sipmask error (bad input), as the CLI's; anything else.
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+#: Words of the errors a collective raises in one process when another process of the group has ended.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def _peer_ended(err: BaseException) -> bool:
+    """True when `err` is a collective failing because another process of the group ended first."""
+    return isinstance(err, (RuntimeError, dist.DistError)) and any(w in str(err) for w in _PEER_GONE)
+
+
+@contextmanager
+def end_all_ranks_on_error(ctx: DistContext) -> Iterator[None]:
+    """Under torchrun, an exception in this process ends the whole job at once, with this rank's message.
+
+    The process prints "rank N: <message>" on stderr (a sipmask error as its one-line message; any other
+    exception with its traceback first) and exits at once (code 2 for a sipmask error, 1 otherwise,
+    130 on Ctrl-C), without a collective or process-group teardown that would wait for the other
+    processes. torchrun sees the failed process and stops the others; one that was waiting for this
+    process in a collective says "rank M: stopped: another process failed" instead of a traceback.
+    No effect in a single process: the exception propagates as usual.
+    """
+    if not ctx.enabled:
+        yield
+        return
+    from sipmask.errors import SipMaskError
+
+    try:
+        yield
+    except BaseException as err:  # noqa: BLE001 - every way out of a rank must end the job
+        if isinstance(err, SystemExit) and not err.code:
+            raise
+        if isinstance(err, SipMaskError):
+            message, code = str(err), EXIT_USER_ERROR
+        elif isinstance(err, KeyboardInterrupt):
+            message, code = "interrupted", EXIT_INTERRUPTED
+        elif _peer_ended(err):
+            message, code = "stopped: another process failed (its message is above)", EXIT_FAILURE
+        else:
+            traceback.print_exc()
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            message, code = f"{type(err).__name__}: {first}".rstrip(": "), EXIT_FAILURE
+        print(f"rank {ctx.rank}: {message}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(code)  # no interpreter or process-group teardown: those may wait on the other ranks
 
 
 def shutdown(ctx: DistContext) -> None:
