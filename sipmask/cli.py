@@ -6,6 +6,7 @@ import importlib
 import sys
 import warnings
 
+import sipmask
 from sipmask.errors import SipMaskError
 
 #: Verb modules under sipmask.commands, each exposing register(subparsers) and run(args) -> int.
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sipmask", description="SipMask instance segmentation for images and video."
     )
+    parser.add_argument("--version", action="version", version=f"sipmask {sipmask.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMANDS:

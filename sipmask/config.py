@@ -140,6 +140,9 @@ class SipMaskConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     source: str = "mm"  # official code base whose conventions the preset follows: mm, bm, vis, none
 
+    def __post_init__(self) -> None:
+        _validate(self)  # every way of making a config (presets, overrides, checkpoints) is checked
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -175,8 +178,10 @@ class SipMaskConfig:
             checked = _coerce(value, hint)
             if checked is _MISMATCH:
                 raise ConfigError(f"override {key}: expected {_describe(hint, article=True)}, got {value!r}")
-            cfg = replace(cfg, **{section: replace(sub, **{attr: checked})})
-        _validate(cfg)
+            try:
+                cfg = replace(cfg, **{section: replace(sub, **{attr: checked})})
+            except ConfigError as err:
+                raise ConfigError(f"override {key}: {err}") from None
         return cfg
 
 
@@ -265,21 +270,41 @@ def _build_section(sub_cls: type, value: dict[str, Any]) -> Any:
     return sub_cls(**{k: _as_tuple(v) for k, v in value.items()})
 
 
+#: Allowed values of every config field that names one of a closed set of choices ("section.field").
+#: The one place these are checked (SipMaskConfig validation); the code reading a field relies on it.
+NAME_CHOICES: dict[str, tuple[str, ...]] = {
+    "source": ("mm", "bm", "vis", "none"),
+    "backbone.style": ("caffe", "pytorch"),
+    "loss.iou_loss": ("iou", "giou"),
+    "loss.criterion": ("mmdet", "benchmark"),
+    "test.nms": ("multiclass", "fast"),
+    "test.threshold_on": ("prob", "score"),
+    "test.postprocess_style": ("mmdet", "benchmark"),
+    "input.channel_order": ("rgb", "bgr"),
+    "input.augment": ("flip", "ssd"),
+    "input.resize_style": ("mmcv", "pil"),
+    "train.warmup": ("constant", "linear", "none"),
+}
+
+
+def _field_value(cfg: SipMaskConfig, path: str) -> Any:
+    value: Any = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def _validate(cfg: SipMaskConfig) -> None:
+    for path, allowed in NAME_CHOICES.items():
+        value = _field_value(cfg, path)
+        if value not in allowed:
+            raise ConfigError(f"{path} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
     if cfg.head.grid < 1:
         raise ConfigError(f"head.grid must be >= 1, got {cfg.head.grid}")
     if cfg.head.num_classes < 1:
         raise ConfigError(f"head.num_classes must be >= 1, got {cfg.head.num_classes}")
     if cfg.backbone.depth not in (18, 34, 50, 101, 152):
         raise ConfigError(f"backbone.depth must be 18, 34, 50, 101 or 152, got {cfg.backbone.depth}")
-    if cfg.test.nms not in ("multiclass", "fast"):
-        raise ConfigError(f"test.nms must be 'multiclass' or 'fast', got {cfg.test.nms!r}")
-    if cfg.test.postprocess_style not in ("mmdet", "benchmark"):
-        raise ConfigError(f"test.postprocess_style must be 'mmdet' or 'benchmark', got {cfg.test.postprocess_style!r}")
-    if cfg.loss.iou_loss not in ("iou", "giou"):
-        raise ConfigError(f"loss.iou_loss must be 'iou' or 'giou', got {cfg.loss.iou_loss!r}")
-    if cfg.loss.criterion not in ("mmdet", "benchmark"):
-        raise ConfigError(f"loss.criterion must be 'mmdet' or 'benchmark', got {cfg.loss.criterion!r}")
 
 
 # ---------------------------------------------------------------------------------------------

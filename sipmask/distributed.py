@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,32 +32,101 @@ class DistContext:
         return self.world_size > 1
 
 
+#: What a `device` argument may say: "auto" (the GPU when there is one, else the CPU), "cpu", "cuda", "cuda:N".
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda:0 when CUDA is available, else cpu; "cpu", "cuda" (= cuda:0) or "cuda:N" as asked.
+
+    ConfigError for another string or a CUDA device this machine does not have."""
+    from sipmask.errors import ConfigError
+
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if device == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device is available here (use --device cpu or auto)")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
 def init_distributed(device: str) -> DistContext:
-    """Join the torchrun process group if there is one (gloo for cpu, nccl for cuda).
+    """Join the torchrun process group if there is one (gloo on the CPU, nccl on GPUs).
 
-    `device` is "cpu" or "cuda"; under torchrun each process takes GPU LOCAL_RANK.
+    `device`: "auto", "cpu", "cuda" or "cuda:N" (see resolve_device); under torchrun each process
+    takes GPU LOCAL_RANK.
     """
-    if device == "cuda" and not torch.cuda.is_available():
-        from sipmask.errors import ConfigError
-
-        raise ConfigError("--device cuda: no CUDA device is available")
+    dev = resolve_device(device)
     if not launched_by_torchrun():
-        dev = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
         return DistContext(device=dev)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if device == "cuda":
+    cuda = dev.type == "cuda"
+    if cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo", device_id=dev if device == "cuda" else None)
+        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=dev if cuda else None)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+#: Exit codes of a process that ends its torchrun job: a sipmask error (bad input), as the CLI's; anything else.
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+#: Words of the errors a collective raises in one process when another process of the group has ended.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def _peer_ended(err: BaseException) -> bool:
+    """True when `err` is a collective failing because another process of the group ended first."""
+    return isinstance(err, (RuntimeError, dist.DistError)) and any(w in str(err) for w in _PEER_GONE)
+
+
+@contextmanager
+def end_all_ranks_on_error(ctx: DistContext) -> Iterator[None]:
+    """Under torchrun, an exception in this process ends the whole job at once, with this rank's message.
+
+    The process prints "rank N: <message>" on stderr (a sipmask error as its one-line message; any other
+    exception with its traceback first) and exits at once (code 2 for a sipmask error, 1 otherwise,
+    130 on Ctrl-C), without a collective or process-group teardown that would wait for the other
+    processes. torchrun sees the failed process and stops the others; one that was waiting for this
+    process in a collective says "rank M: stopped: another process failed" instead of a traceback.
+    No effect in a single process: the exception propagates as usual.
+    """
+    if not ctx.enabled:
+        yield
+        return
+    from sipmask.errors import SipMaskError
+
+    try:
+        yield
+    except BaseException as err:  # noqa: BLE001 - every way out of a rank must end the job
+        if isinstance(err, SystemExit) and not err.code:
+            raise
+        if isinstance(err, SipMaskError):
+            message, code = str(err), EXIT_USER_ERROR
+        elif isinstance(err, KeyboardInterrupt):
+            message, code = "interrupted", EXIT_INTERRUPTED
+        elif _peer_ended(err):
+            message, code = "stopped: another process failed (its message is above)", EXIT_FAILURE
+        else:
+            traceback.print_exc()
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            message, code = f"{type(err).__name__}: {first}".rstrip(": "), EXIT_FAILURE
+        print(f"rank {ctx.rank}: {message}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(code)  # no interpreter or process-group teardown: those may wait on the other ranks
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -56,3 +56,34 @@ def check_output_file(path: str | os.PathLike, option: str) -> None:
         raise ConfigError(f"{option} {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {path}: cannot write in {parent} (permission denied)")
+
+
+#: The one help text of --device, on every verb that runs a model.
+DEVICE_HELP = "auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N (default auto)"
+
+
+def device_name(text: str) -> str:
+    """auto, cpu, cuda or cuda:N; `type=` for argparse (whether the device exists is checked when used)."""
+    from sipmask.distributed import DEVICE_PATTERN
+
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """--device, the same on every verb that runs a model (train, eval, predict, bench, export, demo)."""
+    parser.add_argument("--device", type=device_name, default="auto", metavar="DEVICE", help=DEVICE_HELP)
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """--no-progress (args.progress False), the same on every verb that shows progress."""
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar or progress lines (e.g. when the output goes to a log)")
+
+
+def chosen_device(args: argparse.Namespace) -> str:
+    """The --device of `args` resolved now, before any work: "cpu", "cuda:0", ... (ConfigError when absent)."""
+    from sipmask.distributed import resolve_device
+
+    return str(resolve_device(args.device))

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sipmask.commands.arguments import int_at_least, non_negative_int, positive_int
+from sipmask.commands.arguments import (
+    add_device_argument, add_progress_argument, chosen_device, int_at_least, non_negative_int, positive_int,
+)
 
 #: Smallest input side: the input is padded to a multiple of 32 (the backbone's output stride).
 MIN_SIZE = 32
@@ -18,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int_at_least(MIN_SIZE), default=544, help=f"input side, >= {MIN_SIZE} (default 544)")
     p.add_argument("--image-size", default=None, metavar="WxH",
                    help="original image size, resized to the input (default: size x size)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device_argument(p)
+    add_progress_argument(p)
     p.add_argument("--runs", type=positive_int, default=5, metavar="N", help="measured runs per model (default 5)")
     p.add_argument("--warmup", type=non_negative_int, default=1, metavar="N", help="unmeasured runs first (default 1)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch threads (default: all cores)")
@@ -50,13 +53,13 @@ def run(args: argparse.Namespace) -> int:
     from sipmask.inference.benchmark import BenchOptions, format_report, run_benchmark
 
     opts = BenchOptions(
-        config=args.config, size=args.size, image_size=_image_size(args.image_size), device=args.device,
+        config=args.config, size=args.size, image_size=_image_size(args.image_size), device=chosen_device(args),
         runs=args.runs, warmup=args.warmup, threads=args.threads, detections=args.detections,
         maskrcnn=not args.no_maskrcnn, onnxruntime=args.onnxruntime,
         channels_last=False if args.no_channels_last else None,
     )
     try:
-        report = run_benchmark(opts, progress=lambda line: print(line, file=sys.stderr))
+        report = run_benchmark(opts, progress=(lambda line: print(line, file=sys.stderr)) if args.progress else None)
     except ValueError as err:  # e.g. an unavailable device
         print(f"error: {err}", file=sys.stderr)
         return 2

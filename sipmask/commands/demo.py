@@ -1,10 +1,12 @@
-"""`sipmask demo`: synthetic data -> train `tiny` on the CPU -> COCO AP -> drawn predictions."""
+"""`sipmask demo`: synthetic data -> train `tiny` (on the CPU, or the GPU when there is one) -> COCO AP -> drawn predictions."""
 from __future__ import annotations
 
 import argparse
 import shutil
 import time
 from pathlib import Path
+
+from sipmask.commands.arguments import add_device_argument, add_progress_argument
 
 #: Demo defaults: sized to finish within about ten minutes of training on 2 CPU cores.
 DEMO_TRAIN_IMAGES = 200
@@ -14,15 +16,22 @@ DEMO_ITERS = 600
 DEMO_DRAWN = 8
 #: Drawings show confident detections only (evaluation still uses every detection, as COCO AP wants).
 DEMO_DRAW_SCORE_THR = 0.3
+#: Marks a folder made by `sipmask demo`: only such a folder is reused, and only the demo's own entries in it.
+DEMO_MARKER = ".sipmask-demo"
+#: What the demo writes into --out; a new run in a demo folder replaces these and nothing else.
+DEMO_ENTRIES = ("data", "run", "predictions", "results.json", "metrics.json")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="synthetic data, CPU training of `tiny`, evaluation, drawings")
-    p.add_argument("--out", default="runs/demo", metavar="DIR")
+    p = subparsers.add_parser("demo", help="synthetic data, training of `tiny`, evaluation, drawings")
+    p.add_argument("--out", default="runs/demo", metavar="DIR",
+                   help="a new or empty folder, or one an earlier demo made (default runs/demo)")
     p.add_argument("--iters", type=int, default=DEMO_ITERS, metavar="N", help=f"training iterations (default {DEMO_ITERS})")
     p.add_argument("--num-images", type=int, default=DEMO_TRAIN_IMAGES, metavar="N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, metavar="N")
+    add_device_argument(p)
+    add_progress_argument(p)
     p.set_defaults(func=run)
 
 
@@ -45,22 +54,53 @@ def _draw(model, images_dir: Path, ann_file: Path, class_names: list[str], out_d
     return written
 
 
+def _prepare_out(out: Path) -> None:
+    """Make `out` ready for the demo without touching anything the demo did not write.
+
+    A new or empty folder is taken (and marked); a folder an earlier demo made (it holds DEMO_MARKER)
+    loses only the demo's own entries; any other non-empty folder is refused (ConfigError)."""
+    from sipmask.errors import ConfigError
+
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
+    if out.is_dir() and (out / DEMO_MARKER).is_file():
+        for name in DEMO_ENTRIES:  # a fresh run (and log) each time; other files stay
+            entry = out / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry.exists() or entry.is_symlink():
+                entry.unlink()
+    elif out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: the folder is not empty and was not made by `sipmask demo`; "
+                          "choose a new or empty folder (nothing in it was touched)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DEMO_MARKER).write_text("made by `sipmask demo`: a new demo run here replaces "
+                                       + ", ".join(DEMO_ENTRIES) + " and nothing else\n")
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot write the demo folder ({err.strerror or err})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from sipmask.commands.eval_files import format_metrics
     from sipmask.data.synth_coco import write_synthetic_coco
     from sipmask.data.coco_results import write_json
     from sipmask.evaluation.coco_eval import evaluate_model
     from sipmask.checkpoint import load_checkpoint
+    from sipmask.commands.arguments import chosen_device
     from sipmask.train.trainer import TrainOptions, train
 
     out = Path(args.out)
+    device = chosen_device(args)  # a missing GPU is an error before any work
+    _prepare_out(out)
     start = time.perf_counter()
-    shutil.rmtree(out / "run", ignore_errors=True)  # a fresh run (and log) each time
     print(f"[1/4] synthetic COCO dataset -> {out / 'data'}")
     paths = write_synthetic_coco(
         out=out / "data", num_images=args.num_images, size=DEMO_IMAGE_SIZE, seed=args.seed, val_images=DEMO_VAL_IMAGES
     )
-    print(f"[2/4] training `tiny` on the CPU for {args.iters} iterations -> {out / 'run'}")
+    where = "the CPU" if device == "cpu" else device
+    print(f"[2/4] training `tiny` on {where} for {args.iters} iterations -> {out / 'run'}")
     summary = train(TrainOptions(
         config="tiny",
         train_images=str(paths["train_images"]),
@@ -68,15 +108,16 @@ def run(args: argparse.Namespace) -> int:
         out=str(out / "run"),
         iters=args.iters,
         seed=args.seed,
-        device="cpu",
+        device=device,
         workers=args.workers,
+        progress=args.progress,
     ))
     print("[3/4] evaluating on the val split")
-    model, state = load_checkpoint(summary["last"])
+    model, state = load_checkpoint(summary["last"], device)
     class_names = [c["name"] for c in state["classes"]]
     metrics = evaluate_model(
         model, paths["val_images"], paths["val_ann"], [c["id"] for c in state["classes"]],
-        results_out=out / "results.json", progress=True,
+        results_out=out / "results.json", progress=args.progress,
     )
     write_json(out / "metrics.json", metrics)
     print(f"[4/4] drawing predictions on {DEMO_DRAWN} val images")

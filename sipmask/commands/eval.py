@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sipmask.commands.arguments import probability
+from sipmask.commands.arguments import add_device_argument, add_progress_argument, probability
 from sipmask.errors import ConfigError
 
 
@@ -21,9 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--results", metavar="FILE", help="score this results JSON instead of running a model")
     p.add_argument("--json-out", metavar="FILE", help="write the metrics JSON here")
     p.add_argument("--results-out", metavar="FILE", help="write the COCO results JSON here")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_device_argument(p)
     p.add_argument("--score-thr", type=probability, metavar="T", help="score threshold in [0, 1] (default: the preset's)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_progress_argument(p)
     p.set_defaults(func=run)
 
 

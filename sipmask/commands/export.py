@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from sipmask.commands.arguments import int_at_least
+from sipmask.commands.arguments import add_device_argument, int_at_least
 
 #: Smallest example side: the input is padded to a multiple of 32 (the backbone's output stride).
 MIN_SIZE = 32
@@ -24,20 +24,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int_at_least(MIN_SIZE), default=544,
                    help=f"example input side for tracing and the check, >= {MIN_SIZE} (default 544)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from sipmask.commands.arguments import check_output_file
+    from sipmask.commands.arguments import check_output_file, chosen_device
     from sipmask.errors import SipMaskError
     from sipmask.export.onnx import compare_results, export_onnx, results_match
     from sipmask.checkpoint import checkpoint_classes, load_checkpoint
     from sipmask.inference.predictor import Predictor
 
     check_output_file(args.out, "--out")  # before the model is loaded and exported
-    model, state = load_checkpoint(args.checkpoint)
+    device = chosen_device(args)
+    model, state = load_checkpoint(args.checkpoint, device)
     names, ids = checkpoint_classes(state, args.checkpoint, model.cfg.head.num_classes)
     start = time.perf_counter()
     try:
@@ -48,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.no_check:
         return 0
     image = np.random.default_rng(CHECK_SEED).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
-    torch_pred = Predictor(model, names, ids, device="cpu")
-    ort_pred = Predictor(model, names, ids, device="cpu", backend="onnxruntime", onnx_path=path)
+    torch_pred = Predictor(model, names, ids, device=device)
+    ort_pred = Predictor(model, names, ids, device=device, backend="onnxruntime", onnx_path=path)
     threshold = 0.0  # every candidate counts: the comparison sees max_per_img detections
     report = compare_results(ort_pred(image, threshold), torch_pred(image, threshold))
     ok = results_match(report)

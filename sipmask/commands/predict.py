@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sipmask.commands.arguments import probability
+from sipmask.commands.arguments import add_device_argument, add_progress_argument, probability
 from sipmask.errors import SipMaskError
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--score-thr", type=probability, default=None, metavar="T",
                    help="keep detections scoring above T, in [0, 1] (default: the preset's test threshold)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    add_device_argument(p)
+    add_progress_argument(p)
     p.add_argument("--save-masks", action="store_true", help="also write one PNG mask per instance")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
     p.add_argument("--onnx", default=None, metavar="FILE",
@@ -164,9 +165,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sipmask.data.coco_results import write_json
+    from sipmask.commands.arguments import chosen_device
     from sipmask.inference.predictor import Predictor
     from sipmask.inference.sources import collect_sources
 
+    device = chosen_device(args)  # a missing GPU is an error before any work
     if args.onnx is not None and args.backend != "onnxruntime":
         raise SipMaskError("--onnx is only used with --backend onnxruntime")
     out = Path(args.out)
@@ -177,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "onnxruntime" and args.onnx is None:
         print("exporting the network to ONNX in memory (`sipmask export` writes a file to reuse)", file=sys.stderr)
     try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend,
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=device, backend=args.backend,
                                               onnx_path=args.onnx)
     except ValueError as err:  # an unavailable device, a bad option
         raise SipMaskError(str(err)) from None
@@ -187,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"failed: {message}", file=sys.stderr)
     outputs = _Outputs(out, args.save_masks)
     done = 0
-    bar = tqdm(total=_total_frames(sources), unit="frame", desc="predict", dynamic_ncols=True)
+    bar = tqdm(total=_total_frames(sources), unit="frame", desc="predict", dynamic_ncols=True,
+               disable=not args.progress)
     try:
         for source in sources:
             try:

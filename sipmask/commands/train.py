@@ -5,6 +5,7 @@ import argparse
 import json
 from typing import Any
 
+from sipmask.commands.arguments import add_device_argument, add_progress_argument
 from sipmask.errors import ConfigError
 from sipmask.train.trainer import TrainOptions, train
 
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, metavar="B",
                    help="total images per iteration over all processes (default: preset images_per_gpu x processes)")
     p.add_argument("--lr", type=float, metavar="LR", help="base learning rate (default: the preset's)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_device_argument(p)
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pth exactly")
     p.add_argument("--seed", type=int, default=0, metavar="K")
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="write last.pth every N iterations (default: every epoch)")
     p.add_argument("--log-every", type=int, default=10, metavar="N", help="log.jsonl line every N iterations")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes (0: none)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress_argument(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION__FIELD=JSON",
                    help="override a preset value, e.g. --set 'input__train_scales=[[640,384]]' (repeatable)")
     p.set_defaults(func=run)

@@ -29,7 +29,9 @@ from sipmask.data.transforms import TrainTransform
 from sipmask.errors import CheckpointError, ConfigError, SipMaskError
 from sipmask.checkpoint import load_imagenet_weights, read_checkpoint, save_checkpoint
 from sipmask.train.rng_state import capture_rng, restore_rng
-from sipmask.distributed import DistContext, barrier, broadcast_object, init_distributed, mean_across, shutdown
+from sipmask.distributed import (
+    DistContext, barrier, broadcast_object, end_all_ranks_on_error, init_distributed, mean_across, shutdown,
+)
 from sipmask.train.schedule import Schedule, make_schedule
 
 #: Official MM paramwise options of the HR configs: bias lr x2, bias weight decay 0 (norms excluded).
@@ -60,7 +62,7 @@ class TrainOptions:
     epochs: int | None = None
     batch_size: int | None = None  # total over all processes; default images_per_gpu x processes
     lr: float | None = None
-    device: str = "cpu"
+    device: str = "auto"  # "auto" (the GPU when there is one, else the CPU), "cpu", "cuda", "cuda:N"
     amp: bool = False
     resume: bool = False
     seed: int = 0
@@ -174,12 +176,16 @@ def _check_run_dir(out: Path, resume: bool) -> None:
 
 
 def train(options: TrainOptions) -> dict[str, Any]:
-    """Run (or resume) a training. Returns {"iterations", "last", "best", "metrics", "problems"}."""
+    """Run (or resume) a training. Returns {"iterations", "last", "best", "metrics", "problems"}.
+
+    Under torchrun an error in one process ends every process at once ("rank N: <message>", exit
+    code 2 for bad input; see sipmask.distributed.end_all_ranks_on_error) instead of leaving the
+    others waiting in a collective until the process-group timeout."""
     ctx = init_distributed(options.device)
-    try:
-        return _Trainer(options, ctx).run()
-    finally:
-        shutdown(ctx)
+    with end_all_ranks_on_error(ctx):
+        summary = _Trainer(options, ctx).run()
+        shutdown(ctx)  # one process: nothing to shut down
+    return summary
 
 
 class _Trainer:
@@ -197,8 +203,8 @@ class _Trainer:
             raise ConfigError(f"--lr must be > 0, got {opts.lr}")
         if (opts.val_images is None) != (opts.val_ann is None):
             raise ConfigError("--val-images and --val-ann go together")
-        if opts.amp and opts.device != "cuda":
-            raise ConfigError("--amp needs --device cuda")
+        if opts.amp and ctx.device.type != "cuda":
+            raise ConfigError(f"--amp needs a CUDA device (--device {opts.device} runs on {ctx.device})")
         _check_run_dir(self.out, opts.resume)
         preset = get_preset(opts.config)
         if opts.overrides:
