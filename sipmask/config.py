@@ -150,6 +150,7 @@ class SipMaskConfig:
     def from_dict(cls, data: dict[str, Any]) -> "SipMaskConfig":
         """Inverse of to_dict (tuples restored), e.g. from a checkpoint's metadata."""
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        data = _upgrade_config_dict(data)
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key not in sections:
@@ -272,6 +273,16 @@ def _build_section(sub_cls: type, value: dict[str, Any]) -> Any:
 
 #: Allowed values of every config field that names one of a closed set of choices ("section.field").
 #: The one place these are checked (SipMaskConfig validation); the code reading a field relies on it.
+def _upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill fields that configs saved by earlier versions lack: a benchmark-style config from before
+    `loss.criterion` existed is a BM preset and trains with the benchmark criterion."""
+    loss, test = data.get("loss"), data.get("test")
+    if isinstance(loss, dict) and "criterion" not in loss and isinstance(test, dict) \
+            and test.get("postprocess_style") == "benchmark":
+        return {**data, "loss": {**loss, "criterion": "benchmark"}}
+    return data
+
+
 NAME_CHOICES: dict[str, tuple[str, ...]] = {
     "source": ("mm", "bm", "vis", "none"),
     "backbone.style": ("caffe", "pytorch"),

@@ -230,3 +230,12 @@ def test_benchmark_mask_loss_keeps_predicted_boxes_of_area_above_zero():
     mm, _ = mask_alignment_loss(basis, inputs, 1, 1, plus_one=True, style="mmdet")
     assert float(bm) == pytest.approx(math.log1p(math.exp(-2.0)) / 0.5, rel=1e-5)
     assert float(mm) == 0.0
+
+
+def test_benchmark_config_saved_before_the_criterion_field_keeps_the_benchmark_criterion():
+    from sipmask.config import SipMaskConfig, get_preset
+
+    for preset, expected in (("bm_r50_1x", "benchmark"), ("mm_r50_gn_1x", "mmdet")):
+        old = get_preset(preset).to_dict()
+        del old["loss"]["criterion"]  # a checkpoint written before the field existed
+        assert SipMaskConfig.from_dict(old).loss.criterion == expected
