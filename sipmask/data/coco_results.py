@@ -1,14 +1,13 @@
-"""COCO results files: one image's detections as COCO results entries, and atomic JSON writing."""
+"""COCO results files: one image's detections as COCO results entries."""
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
+
+from sipmask.data.json_files import write_json  # noqa: F401 (where the verbs import it from)
 
 
 def result_to_coco(result: dict[str, torch.Tensor], image_id: int, label_to_cat_id: Sequence[int]) -> list[dict[str, Any]]:
@@ -35,16 +34,3 @@ def result_to_coco(result: dict[str, torch.Tensor], image_id: int, label_to_cat_
             entry["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
         out.append(entry)
     return out
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (tmp file + os.replace); the tmp file is removed if that fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

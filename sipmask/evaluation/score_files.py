@@ -13,7 +13,8 @@ import os
 from typing import Any
 
 from sipmask.data.coco import check_ground_truth_segmentations
-from sipmask.data.ytvis import load_json_file, parse_ytvis
+from sipmask.data.json_files import read_json
+from sipmask.data.ytvis import parse_ytvis
 from sipmask.errors import AnnotationError, ResultsError
 from sipmask.evaluation.ytvis_eval import evaluate_ytvis
 from sipmask.evaluation.ytvis_results import validate_results
@@ -132,8 +133,8 @@ def score_results_file(ann_path: str | os.PathLike, results_path: str | os.PathL
 
     Raises AnnotationError / ResultsError naming the file and entry when either input is unusable.
     """
-    data = load_json_file(ann_path, AnnotationError)
-    results = load_json_file(results_path, ResultsError)
+    data = read_json(ann_path, AnnotationError)
+    results = read_json(results_path, ResultsError)
     if detect_format(data, str(ann_path)) == "ytvis":
         gt = parse_ytvis(data, str(ann_path))
         validate_results(results, gt, str(results_path))

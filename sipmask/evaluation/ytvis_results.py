@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sipmask.data.ytvis import YTVISAnnotations, check_segmentation, encode_mask, load_json_file
+from sipmask.data.json_files import read_json
+from sipmask.data.ytvis import YTVISAnnotations, check_segmentation, encode_mask
 from sipmask.errors import ResultsError
 
 _REQUIRED_KEYS = ("video_id", "category_id", "score", "segmentations")
@@ -74,7 +75,7 @@ def validate_results(entries: Any, gt: YTVISAnnotations, source: str = "<results
 
 def load_results(path: str | os.PathLike, gt: YTVISAnnotations) -> list[dict[str, Any]]:
     """Read and validate a YouTube-VIS results file."""
-    return validate_results(load_json_file(path, ResultsError), gt, str(path))
+    return validate_results(read_json(path, ResultsError), gt, str(path))
 
 
 def write_results(path: str | os.PathLike, entries: list[dict[str, Any]], gt: YTVISAnnotations | None = None) -> Path:
