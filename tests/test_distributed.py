@@ -86,5 +86,7 @@ def test_ddp_checkpoint_loads_and_evaluates_like_one_process(runs, tmp_path):
     _run([*TORCHRUN, *evaluate, "--json-out", str(tmp_path / "two.json"), "--results-out", str(tmp_path / "r2.json")])
     one, two = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert one == two
-    r1, r2 = json.loads((tmp_path / "r1.json").read_text()), json.loads((tmp_path / "r2.json").read_text())
-    assert len(r1) > 0 and r1 == r2  # the sharded results, merged, are the one-process results
+    for kind in ("bbox", "segm"):
+        r1 = json.loads((tmp_path / f"r1.{kind}.json").read_text())
+        r2 = json.loads((tmp_path / f"r2.{kind}.json").read_text())
+        assert len(r1) > 0 and r1 == r2  # the sharded results, merged, are the one-process results
