@@ -82,8 +82,10 @@ def score_coco(
     data = load_coco_annotations(gt) if isinstance(gt, (str, os.PathLike)) else gt
     if "segm" in iou_types:  # box AP alone needs no masks (box-only ground truth is fine)
         check_ground_truth_segmentations(data, source)
-    for iou_type in iou_types:
-        check_coco_results(list(results[iou_type] if isinstance(results, Mapping) else results), data, source)
+    lists = [results[t] for t in iou_types] if isinstance(results, Mapping) else [results]
+    for i, entries in enumerate(lists):
+        if all(entries is not other for other in lists[:i]):  # each list checked (and warned about) once
+            check_coco_results(list(entries), data, source)
     if backend == "faster":
         from sipmask.evaluation.score_files import score_coco as score_faster
 
