@@ -66,7 +66,10 @@ class LossConfig:
     center_sample_radius: float = 1.5
     regress_ranges: tuple[tuple[float, float], ...] = FCOS_REGRESS_RANGES
     iou_loss: str = "iou"  # "iou" (-log IoU, official MM) or "giou"
-    box_plus_one: bool = True  # mmdet v1 convention: x2 = x + w - 1 and widths x2 - x1 + 1
+    # The preset's box convention, used by targets, losses and the COCO results export alike. True:
+    # mmdet v1 / maskrcnn-benchmark, x2 = x + w - 1 and widths x2 - x1 + 1 (exported w = x2 - x1 + 1);
+    # False: continuous coordinates (exported w = x2 - x1).
+    box_plus_one: bool = True
     box_loss_in_stride_units: bool = True  # MM divides decoded boxes by the stride (VIS does not)
     mask_alignment_weighting: bool = True  # weight per-instance mask BCE by score x IoU (paper)
     rescoring_weight: float = 10.0  # SipMask++ official weight of the mask-IoU loss
@@ -83,8 +86,10 @@ class LossConfig:
 class TestConfig:
     nms: str = "multiclass"  # "multiclass" (per-class NMS) or "fast" (YOLACT Fast NMS)
     nms_pre: int = 1000  # candidates per level before NMS
-    score_thr: float = 0.05
-    threshold_on: str = "prob"  # "prob": raw class probability (HR); "score": prob x centerness (RT)
+    score_thr: float = 0.05  # detections need (what threshold_on names) > score_thr
+    # What score_thr thresholds (read by the postprocess): "prob", the raw class probability before
+    # centerness (official HR and benchmark); "score", prob x centerness (official RT, SipMask++, VIS).
+    threshold_on: str = "prob"
     iou_thr: float = 0.5
     max_per_img: int = 100  # detections kept per image; <= 0: no cap
     fast_nms_top_k: int = 200  # per-class candidates of Fast NMS (official hard-coded 200)

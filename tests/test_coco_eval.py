@@ -17,7 +17,8 @@ from sipmask.evaluation.coco_eval import (
     predict_coco_results,
     score_coco,
 )
-from sipmask.data.coco_results import result_to_coco
+from sipmask.config import get_preset
+from sipmask.data.coco_results import result_to_coco, split_by_iou_type
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_no_results_scores_zero_like_pycocotools(data):
 def test_results_naming_unknown_ids_are_rejected(data):
     paths, gt = data
     bad = {"image_id": 12345, "category_id": gt["categories"][0]["id"], "bbox": [0, 0, 1, 1], "score": 1.0}
-    with pytest.raises(ResultsError, match="unknown image id 12345"):
+    with pytest.raises(ResultsError, match="entry 0: unknown image_id 12345"):
         score_coco(paths["val_ann"], [bad])
 
 
@@ -95,9 +96,12 @@ def test_result_to_coco_format():
     masks[1, 10:20, 0:5] = True
     result = {"boxes": torch.tensor([[3.0, 2.0, 13.0, 8.0], [0.0, 10.0, 5.5, 20.0]]),
               "scores": torch.tensor([0.9, 0.25]), "labels": torch.tensor([1, 0]), "masks": masks}
-    out = result_to_coco(result, image_id=42, label_to_cat_id=[7, 3])
+    out = result_to_coco(result, image_id=42, label_to_cat_id=[7, 3], box_plus_one=False)
     assert [r["category_id"] for r in out] == [3, 7]  # dataset ids, not labels
     assert out[0]["bbox"] == [3.0, 2.0, 10.0, 6.0] and out[1]["bbox"] == [0.0, 10.0, 5.5, 10.0]  # x, y, w, h
+    official = result_to_coco(result, image_id=42, label_to_cat_id=[7, 3], box_plus_one=True)
+    assert official[0]["bbox"] == [3.0, 2.0, 11.0, 7.0] and official[1]["bbox"] == [0.0, 10.0, 6.5, 11.0]
+    assert "mask_score" not in out[0]
     assert out[0]["score"] == pytest.approx(0.9) and out[0]["image_id"] == 42
     for r, m in zip(out, masks):
         assert isinstance(r["segmentation"]["counts"], str) and r["segmentation"]["size"] == [20, 30]
@@ -106,7 +110,10 @@ def test_result_to_coco_format():
 
 
 class OracleModel:
-    """Predicts the ground truth of the image it is shown (found by pixel equality)."""
+    """Predicts the ground truth of the image it is shown (found by pixel equality); continuous box
+    convention (as `tiny`), so its boxes export to the ground-truth [x, y, w, h] exactly."""
+
+    cfg = get_preset("tiny")
 
     def __init__(self, paths, gt):
         self.by_bytes = {}
@@ -133,9 +140,13 @@ def test_model_driven_eval_writes_standard_results_and_scores_them(data, tmp_pat
     metrics = evaluate_model(model, paths["val_images"], paths["val_ann"], results_out=results_path)
     assert model.calls == len(gt["images"])
     assert metrics["segm"]["AP"] == pytest.approx(1.0) and metrics["bbox"]["AP"] == pytest.approx(1.0)
-    written = json.loads(results_path.read_text())
+    assert not results_path.exists()
+    boxes = json.loads((tmp_path / "results.bbox.json").read_text())
+    written = json.loads((tmp_path / "results.segm.json").read_text())
     assert {r["category_id"] for r in written} <= {c["id"] for c in gt["categories"]}
     assert all(set(r) == {"image_id", "category_id", "bbox", "score", "segmentation"} for r in written)
+    assert all(set(r) == {"image_id", "category_id", "bbox", "score"} for r in boxes)
+    assert [r["score"] for r in boxes] == [r["score"] for r in written]  # no rescoring: one score
     ref = score_coco(paths["val_ann"], written, backend="pycocotools")
     assert all(metrics[t][k] == pytest.approx(ref[t][k], abs=1e-12, rel=0) for t in ref for k in ref[t])
 

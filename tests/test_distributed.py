@@ -178,8 +178,10 @@ def test_ddp_checkpoint_evaluates_like_one_process(runs, tmp_path):
     assert code == 0, err[-3000:]
     one, two = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert one == two
-    r1, r2 = json.loads((tmp_path / "r1.json").read_text()), json.loads((tmp_path / "r2.json").read_text())
-    assert len(r1) > 0 and r1 == r2  # the sharded results, merged, are the one-process results
+    for kind in ("bbox", "segm"):
+        r1 = json.loads((tmp_path / f"r1.{kind}.json").read_text())
+        r2 = json.loads((tmp_path / f"r2.{kind}.json").read_text())
+        assert len(r1) > 0 and r1 == r2  # the sharded results, merged, are the one-process results
 
 
 # ---- an error in one process ---------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import pytest
 from sipmask.cli import main
 from sipmask.commands.arguments import probability
 from sipmask.errors import AnnotationError
-from sipmask.evaluation.coco_eval import score_coco, write_json
+from sipmask.data.json_files import write_json
+from sipmask.evaluation.coco_eval import score_coco
 from tests.coco_helpers import rect_polygon, write_coco, write_image
 
 H, W = 32, 48

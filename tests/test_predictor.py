@@ -94,7 +94,9 @@ def test_bad_inputs_name_the_problem(predictor, tmp_path):
 
 def test_coco_results_roundtrip(predictor, image):
     result = predictor(image, score_thr=0.0)
-    entries = to_coco_results(result, image_id=5, category_ids=predictor.category_ids)
+    entries = to_coco_results(result, image_id=5, category_ids=predictor.category_ids, box_plus_one=False)
+    assert predictor.to_coco(result, image_id=5) == entries  # the tiny preset: continuous widths
+    assert predictor.cfg.loss.box_plus_one is False
     assert len(entries) == len(result["scores"])
     for entry, box, label, score, mask in zip(entries, result["boxes"], result["labels"], result["scores"],
                                               result["masks"]):

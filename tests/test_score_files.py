@@ -178,3 +178,43 @@ def test_unreadable_ground_truth_mask_is_refused_before_scoring(tmp_path: Path) 
     res.write_text(json.dumps(results))
     with pytest.raises(AnnotationError, match=r"gt\.json: annotations\[1\] \(id 2\): .*RLE"):
         score_results_file(ann, res)
+
+
+def test_coco_unknown_category_ids_are_ignored_as_cocoeval_ignores_them(tmp_path: Path) -> None:
+    """pycocotools' COCOeval evaluates the annotation file's categories only: entries of another
+    category change no number. One warning names their ids."""
+    gt, results = _coco_case(1)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    foreign = [dict(results[0], category_id=42, score=1.0), dict(results[2], category_id=8, score=0.99)]
+    (tmp_path / "res.json").write_text(json.dumps([foreign[0], *results, foreign[1]]))
+    with pytest.warns(UserWarning) as record:
+        metrics = score_results_file(tmp_path / "gt.json", tmp_path / "res.json")
+    assert [str(w.message).split(": ", 1)[1] for w in record] == [
+        "2 entries with category ids not in the annotations [8, 42]: ignored, as the official evaluator ignores them"]
+    for iou_type in ("bbox", "segm"):
+        expected = _pycocotools_stats(tmp_path / "gt.json", [foreign[0], *results, foreign[1]], iou_type)
+        assert all(abs(got - want) <= 1e-12 for got, want in zip(metrics[iou_type].values(), expected)), iou_type
+
+
+def test_coco_box_and_mask_results_pair(tmp_path: Path) -> None:
+    """The official two-file layout (`eval --results-out`): box AP from the .bbox.json file, mask AP
+    from the .segm.json file, each as pycocotools scores it, whatever order they are given in."""
+    gt, results = _coco_case(2)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    rng = np.random.default_rng(0)
+    boxes = [{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in results]
+    masks = [dict(r, score=float(np.round(rng.uniform(0.05, 1), 2))) for r in results]  # other scores
+    (tmp_path / "r.bbox.json").write_text(json.dumps(boxes))
+    (tmp_path / "r.segm.json").write_text(json.dumps(masks))
+    expected = {"bbox": _pycocotools_stats(tmp_path / "gt.json", boxes, "bbox"),
+                "segm": _pycocotools_stats(tmp_path / "gt.json", masks, "segm")}
+    assert expected["segm"] != _pycocotools_stats(tmp_path / "gt.json", results, "segm")  # the scores matter
+    for pair in (["r.bbox.json", "r.segm.json"], ["r.segm.json", "r.bbox.json"]):
+        metrics = score_results_file(tmp_path / "gt.json", [tmp_path / p for p in pair])
+        for iou_type, want in expected.items():
+            assert all(abs(g - w) <= 1e-12 for g, w in zip(metrics[iou_type].values(), want)), (pair, iou_type)
+    with pytest.raises(ResultsError, match="give one box results file and one mask results file"):
+        score_results_file(tmp_path / "gt.json", [tmp_path / "r.bbox.json", tmp_path / "r.bbox.json"])
+    from sipmask.cli import main
+
+    assert main(["eval", "--ann", str(tmp_path / "gt.json"), "--results", *(str(tmp_path / p) for p in ["a", "b", "c"])]) == 2

@@ -189,6 +189,33 @@ def test_agrees_with_official_evaluator(name: str, case: dict) -> None:
         assert abs(ours[key] - value) <= 1e-6, (name, key, ours[key], value)
 
 
+def test_unknown_category_ids_are_scored_as_official_with_one_warning(tmp_path: Path) -> None:
+    """The official evaluator (YTVOS.loadRes + YTVOSeval) takes a results file with category ids the
+    annotations lack and evaluates params.catIds only: such entries change no number. So the edge4
+    file with foreign entries spliced in (first, middle, last) scores the saved official edge4 numbers,
+    with one warning naming the unknown ids."""
+    case = json.loads((DATA / "official_numbers.json").read_text())["cases"]["edge4"]
+    gt = load_ytvis(DATA / case["gt"])
+    results = json.loads((DATA / case["results"]).read_text())
+    assert 99 not in gt.cat_ids and 1234 not in gt.cat_ids
+    foreign = [dict(results[0], category_id=99, score=1.0), dict(results[-1], category_id=1234, score=0.99),
+               dict(results[1], category_id=99, score=0.5)]
+    spliced = [foreign[0], *results[:5], foreign[1], *results[5:], foreign[2]]
+    path = tmp_path / "res.json"
+    path.write_text(json.dumps(spliced))
+    with pytest.warns(UserWarning) as record:
+        ours = score_ytvis_files(DATA / case["gt"], path)
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 1 and "res.json: 3 entries with category ids not in the annotations [99, 1234]" in messages[0]
+    for key, value in case["official"].items():
+        assert abs(ours[key] - value) <= 1e-6, (key, ours[key], value)
+    assert ours == evaluate_ytvis(gt, results)  # exactly the numbers of the file without them
+    from sipmask.evaluation.score_files import score_results_file
+
+    with pytest.warns(UserWarning, match=r"\[99, 1234\]"):
+        assert score_results_file(DATA / case["gt"], path) == {"segm": ours}
+
+
 def test_official_cases_cover_the_edge_cases() -> None:
     """The saved cases hold what issue 6 asks for: crowd GT, late starts / early ends, gaps, several
     classes, all-null predictions, predictions of a class without GT, 20+ videos, every area range."""
@@ -224,7 +251,7 @@ def test_results_roundtrip_and_score_files(tmp_path: Path) -> None:
         (lambda r: [r[0], 5], "entry 1: must be an object"),
         (lambda r: [{k: v for k, v in r[0].items() if k != "score"}], "entry 0: missing key 'score'"),
         (lambda r: [dict(r[0], video_id=42)], "entry 0: unknown video_id 42"),
-        (lambda r: [r[0], dict(r[0], category_id=7)], "entry 1 (video_id 1): unknown category_id 7"),
+        (lambda r: [r[0], dict(r[0], category_id="1")], "entry 1 (video_id 1): 'category_id' must be an integer"),
         (lambda r: [dict(r[0], segmentations=r[0]["segmentations"][:1])], "'segmentations' has 1 entries, the video has 2 frames"),
         (lambda r: [dict(r[0], score=float("nan"))], "'score' must be a finite number"),
         (lambda r: [dict(r[0], segmentations=[{"size": [4, 4], "counts": "04"}, None])], "entry 0 (video_id 1) frame 0: RLE size"),

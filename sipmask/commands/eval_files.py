@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from sipmask.errors import SipMaskError
 from sipmask.evaluation.score_files import score_results_file
@@ -21,15 +22,17 @@ def format_metrics(metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def run_score_files(ann: str | os.PathLike, results: str | os.PathLike, json_out: str | os.PathLike | None) -> int:
-    """Score `results` against `ann`; print the table (and write `json_out`). Exit code 0, or 2 with
-    `error: <file>: <reason>` on stderr when an input is unusable."""
+def run_score_files(ann: str | os.PathLike, results: str | os.PathLike | Sequence[str | os.PathLike],
+                    json_out: str | os.PathLike | None) -> int:
+    """Score `results` (a file, or a COCO box / mask pair) against `ann`; print the table (and write
+    `json_out`). Exit code 0, or 2 with `error: <file>: <reason>` on stderr when an input is unusable."""
     try:
         metrics = score_results_file(ann, results)
     except SipMaskError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{results} scored against {ann}")
+    names = results if isinstance(results, (str, os.PathLike)) else " and ".join(str(r) for r in results)
+    print(f"{names} scored against {ann}")
     print(format_metrics(metrics))
     if json_out is not None:
         path = Path(json_out)

@@ -25,19 +25,35 @@ JPEG_QUALITY = 92
 _INPUT_ERRORS = (SipMaskError, ValueError, OSError, RuntimeError)
 
 
+def score_thr_help() -> str:
+    """`--score-thr` help of predict and eval: which quantity each preset thresholds (test.threshold_on)."""
+    from sipmask.config import PRESETS
+
+    def names(on: str) -> str:
+        return ", ".join(n for n, c in PRESETS.items() if c.test.threshold_on == on)
+
+    return ("score threshold T in [0, 1] (default: the preset's test.score_thr). A detection is kept when "
+            "the quantity its preset thresholds is > T: the raw class probability p, before centerness, for "
+            f"{names('prob')} (these report score = p x centerness, bm_*: sqrt(p x centerness), which can be "
+            f"below T); p x centerness, the reported score itself (always > T), for {names('score')}. "
+            "SipMask++ mask_score is not thresholded")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict", help="segment images, folders, glob patterns, videos or a webcam",
-        description="Segment every input; write drawn images / videos, results.json (COCO results with "
-                    "file names) and, with --save-masks, one PNG per instance. Exit code 1 when some "
-                    "inputs failed (each is reported with the reason).")
+        description="Segment every input; write drawn images / videos, results.json (one COCO results entry "
+                    "per detection, with file names; bbox [x, y, w, h] in the preset's box convention, "
+                    "w = x2 - x1 + 1 for the official presets, x2 - x1 for tiny; score = the detection "
+                    "score; SipMask++ also mask_score, the score of the mask) and, with --save-masks, one "
+                    "PNG per instance. Exit code 1 when some inputs failed (each is reported with the reason).")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders, glob patterns (quoted), video files or a webcam index (0)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="sipmask checkpoint or official SipMask weights file")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--score-thr", type=probability, default=None, metavar="T",
-                   help="keep detections scoring above T, in [0, 1] (default: the preset's test threshold)")
+                   help=score_thr_help())
     add_device_argument(p)
     add_progress_argument(p)
     p.add_argument("--save-masks", action="store_true", help="also write one PNG mask per instance")
@@ -66,16 +82,14 @@ class _Outputs:
         self._taken.add(candidate.casefold())
         return candidate
 
-    def add(self, result: dict[str, Any], file_name: str, drawing: str, category_ids: list[int], mask_prefix: str,
+    def add(self, result: dict[str, Any], file_name: str, drawing: str, predictor: Predictor, mask_prefix: str,
             frame_index: int | None = None) -> None:
         """Collect the COCO result entries of one image or frame; `drawing`: its drawn file in the output folder."""
         from PIL import Image
 
-        from sipmask.inference.predictor import to_coco_results
-
         image_id = self._next_image_id
         self._next_image_id += 1
-        entries = to_coco_results(result, image_id, category_ids)
+        entries = predictor.to_coco(result, image_id)
         masks = result["masks"].numpy() if self.save_masks else None
         for i, entry in enumerate(entries):
             entry["file_name"] = file_name
@@ -122,7 +136,7 @@ def _image(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: f
     drawing = f"{stem}.jpg"
     Image.fromarray(draw_instances(array, result, predictor.class_names)).save(outputs.out / drawing,
                                                                                quality=JPEG_QUALITY)
-    outputs.add(result, str(source.path), drawing, predictor.category_ids, stem)
+    outputs.add(result, str(source.path), drawing, predictor, stem)
     bar.update(1)
 
 
@@ -148,7 +162,7 @@ def _video(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: f
                 writer = VideoWriter(outputs.out / f"{stem}.mp4", fps, width, height)
             result = predictor(frame, score_thr)
             writer.write(draw_instances(frame, result, predictor.class_names))
-            outputs.add(result, file_name, f"{stem}.mp4", predictor.category_ids, f"{stem}/{index:06d}",
+            outputs.add(result, file_name, f"{stem}.mp4", predictor, f"{stem}/{index:06d}",
                         frame_index=index)
             bar.update(1)
     except KeyboardInterrupt:

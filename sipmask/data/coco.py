@@ -14,7 +14,6 @@ Images without annotations are kept (they contribute background when training).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 from collections import Counter
@@ -27,6 +26,8 @@ import torch
 from pycocotools import mask as mask_utils
 
 from sipmask.data.image_io import read_image
+from sipmask.data.json_files import read_json
+from sipmask.data.segmentation import decode_segmentation
 from sipmask.data.transforms import Sample, TrainTransform
 from sipmask.errors import AnnotationError, ImageReadError
 
@@ -85,15 +86,7 @@ class ProblemLog:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise AnnotationError(f"{path}: annotation file not found")
-    try:
-        with open(path, "rb") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as err:
-        raise AnnotationError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
-    except (UnicodeDecodeError, OSError) as err:
-        raise AnnotationError(f"{path}: cannot be read as JSON ({err})") from None
+    data = read_json(path, AnnotationError)
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: not a COCO annotation file (top level is {type(data).__name__}, expected an object)")
     return data
@@ -298,19 +291,6 @@ def check_ground_truth_segmentations(data: dict[str, Any], path: str | os.PathLi
             f"{path}: {len(problems)} unusable annotation(s); evaluation needs every annotation valid "
             "(leaving one out would change AP):\n" + "\n".join(listed)
         )
-
-
-def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
-    """Polygons, uncompressed or compressed RLE -> [H,W] uint8 (pycocotools)."""
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        rle = dict(seg)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-    return mask_utils.decode(rle).astype(np.uint8)
 
 
 def item_seed(base_seed: int, *parts: int) -> int:

@@ -9,8 +9,6 @@ segmentation is a polygon list, an uncompressed RLE (`counts` a list) or a compr
 """
 from __future__ import annotations
 
-import gc
-import json
 import math
 import os
 import warnings
@@ -24,6 +22,8 @@ import torch
 from PIL import Image
 
 from sipmask.data.image_io import read_image
+from sipmask.data.json_files import read_json
+from sipmask.data.segmentation import decode_segmentation, encode_mask, segmentation_to_rle  # noqa: F401 (re-exported)
 from sipmask.errors import AnnotationError, ImageReadError
 
 #: Official SipMask-VIS training scale (configs `img_scale=(640, 360)`, keep ratio): long edge <= 640,
@@ -114,27 +114,6 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def load_json_file(path: str | os.PathLike, error: type = AnnotationError) -> Any:
-    """Read a JSON file, raising `error("<path>: <reason>")` when it is missing, empty or not JSON."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # millions of fresh dicts/lists would trigger full collections; JSON has no cycles
-    try:
-        with open(path, "rb") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as err:
-        raise error(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
-    except UnicodeDecodeError as err:
-        raise error(f"{path}: not valid JSON (not UTF-8 text: {err.reason})") from None
-    except OSError as err:
-        raise error(f"{path}: cannot read file ({err.strerror or err})") from None
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def check_segmentation(seg: Any, height: int, width: int) -> str | None:
@@ -265,38 +244,7 @@ def parse_ytvis(data: Any, source: str = "<annotations>") -> YTVISAnnotations:
 
 def load_ytvis(path: str | os.PathLike) -> YTVISAnnotations:
     """Read and validate a YouTube-VIS annotation file (AnnotationError names the file and entry)."""
-    return parse_ytvis(load_json_file(path), str(path))
-
-
-# ----------------------------------------------------------------------------- masks
-
-
-def segmentation_to_rle(seg: Any, height: int, width: int) -> dict | None:
-    """A per-frame segmentation (polygons / RLE / None) -> compressed RLE dict, or None when absent.
-
-    An empty polygon list counts as absent, as in the official evaluator.
-    """
-    if seg is None or (isinstance(seg, list) and not seg):
-        return None
-    if isinstance(seg, list):
-        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    if isinstance(seg["counts"], list):
-        return mask_utils.frPyObjects(seg, height, width)
-    return seg
-
-
-def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
-    """A per-frame segmentation -> [H,W] uint8 mask (all zeros where the object is absent)."""
-    rle = segmentation_to_rle(seg, height, width)
-    if rle is None:
-        return np.zeros((height, width), dtype=np.uint8)
-    return np.ascontiguousarray(mask_utils.decode(rle))
-
-
-def encode_mask(mask: np.ndarray) -> dict:
-    """[H,W] bool/uint8 mask -> JSON-ready compressed RLE {'size': [H, W], 'counts': str}."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return parse_ytvis(read_json(path, AnnotationError), str(path))
 
 
 # ----------------------------------------------------------------------------- dataset

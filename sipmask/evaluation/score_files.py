@@ -8,13 +8,14 @@ Metrics layout (fractions, -1 where no ground truth falls in a setting, as COCOe
 from __future__ import annotations
 
 import copy
-import math
 import os
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from sipmask.data.coco import check_ground_truth_segmentations
-from sipmask.data.ytvis import load_json_file, parse_ytvis
+from sipmask.data.json_files import read_json
+from sipmask.data.ytvis import parse_ytvis
 from sipmask.errors import AnnotationError, ResultsError
+from sipmask.evaluation.results_check import check_coco_results, known_category_entries
 from sipmask.evaluation.ytvis_eval import evaluate_ytvis
 from sipmask.evaluation.ytvis_results import validate_results
 
@@ -61,52 +62,14 @@ def _check_coco_annotations(data: dict, source: str) -> None:
             raise AnnotationError(f"{where} (id {ann['id']}): unknown category_id {ann['category_id']!r}")
 
 
-def _check_coco_results(entries: Any, gt: dict, source: str) -> list[str]:
-    """Validate COCO detection results; returns the iou types they can be scored for."""
-    if not isinstance(entries, list):
-        raise ResultsError(
-            f"{source}: a COCO results file must be a JSON list of detections, got {type(entries).__name__}"
-        )
-    image_sizes = {image["id"]: [image["height"], image["width"]] for image in gt["images"]}
-    cat_ids = {c["id"] for c in gt["categories"]}
-    kinds = [k for k in ("bbox", "segmentation") if entries and isinstance(entries[0], dict) and k in entries[0]]
-    if entries and not kinds:
-        raise ResultsError(f"{source}: entry 0: needs 'bbox' and/or 'segmentation'")
-    for i, det in enumerate(entries):
-        where = f"{source}: entry {i}"
-        if not isinstance(det, dict):
-            raise ResultsError(f"{where}: must be an object, got {type(det).__name__}")
-        for key in ("image_id", "category_id", "score", *kinds):
-            if key not in det:
-                raise ResultsError(f"{where}: missing key '{key}'")
-        if det["image_id"] not in image_sizes:
-            raise ResultsError(f"{where}: unknown image_id {det['image_id']!r}")
-        if det["category_id"] not in cat_ids:
-            raise ResultsError(f"{where}: unknown category_id {det['category_id']!r}")
-        score = det["score"]
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise ResultsError(f"{where}: 'score' must be a finite number, got {score!r}")
-        if "bbox" in kinds:
-            box = det["bbox"]
-            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-                raise ResultsError(f"{where}: 'bbox' must be [x, y, w, h]")
-        if "segmentation" in kinds:
-            seg = det["segmentation"]
-            if not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
-                raise ResultsError(f"{where}: 'segmentation' must be an RLE dict with 'size' and 'counts'")
-            if seg["size"] != image_sizes[det["image_id"]]:
-                raise ResultsError(
-                    f"{where}: RLE size {seg['size']} does not match image {det['image_id']} "
-                    f"[height, width] = {image_sizes[det['image_id']]}"
-                )
-    if not entries:
-        return ["bbox", "segm"]
-    return ["bbox" if k == "bbox" else "segm" for k in kinds]
+def score_coco(gt: dict, results: Sequence[dict] | Mapping[str, Sequence[dict]], iou_types: list[str]) -> dict[str, dict[str, float]]:
+    """COCO AP with faster-coco-eval (same numbers as pycocotools COCOeval; a results list is read as
+    pycocotools' `loadRes` reads it: with a `bbox` present, area ranges use the box area).
 
-
-def score_coco(gt: dict, results: list[dict], iou_types: list[str]) -> dict[str, dict[str, float]]:
-    """COCO AP with faster-coco-eval (same numbers as pycocotools COCOeval; the results list is read
-    as pycocotools' `loadRes` reads it: with a `bbox` present, area ranges use the box area)."""
+    results: one list scored for every iou type, or {iou_type: list} (SipMask++: box and mask
+    results carry different scores). Entries of categories the annotations lack are left out, as
+    COCOeval never evaluates them (validated and warned about by `check_coco_results`).
+    """
     from faster_coco_eval import COCO, COCOeval_faster
 
     def quiet(*_: Any, **__: Any) -> None:
@@ -114,11 +77,12 @@ def score_coco(gt: dict, results: list[dict], iou_types: list[str]) -> dict[str,
 
     metrics: dict[str, dict[str, float]] = {}
     for iou_type in iou_types:
+        entries = results[iou_type] if isinstance(results, Mapping) else results
         gt_copy = copy.deepcopy(gt)  # COCO objects convert and annotate their dicts in place
         for ann in gt_copy["annotations"]:
             ann.setdefault("iscrowd", 0)  # pycocotools would fail without it; COCO's meaning of absent
         coco_gt = COCO(gt_copy, print_function=quiet)
-        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+        coco_dt = coco_gt.loadRes(copy.deepcopy(known_category_entries(entries, gt)))
         evaluator = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type, print_function=quiet)
         evaluator.evaluate()
         evaluator.accumulate()
@@ -127,22 +91,53 @@ def score_coco(gt: dict, results: list[dict], iou_types: list[str]) -> dict[str,
     return metrics
 
 
-def score_results_file(ann_path: str | os.PathLike, results_path: str | os.PathLike) -> dict[str, dict[str, float]]:
+def _coco_results_by_type(data: dict, results_paths: Sequence[str | os.PathLike]) -> dict[str, list]:
+    """Read and check one results file (scored for every iou type it carries) or two (official
+    mmdetection layout: a box results file and a mask results file, told apart by whether their
+    entries have a 'segmentation', an empty file by its name *.bbox.json / *.segm.json)."""
+    by_type: dict[str, list] = {}
+    for path in results_paths:
+        results = read_json(path, ResultsError)
+        types = check_coco_results(results, data, str(path))
+        if len(results_paths) > 1:
+            has_masks = bool(results) and "segmentation" in results[0]
+            if not results and not str(path).endswith((".bbox.json", ".segm.json")):
+                raise ResultsError(f"{path}: an empty results file of a pair must be named *.bbox.json or *.segm.json")
+            types = ["segm" if has_masks or str(path).endswith(".segm.json") else "bbox"]
+        for iou_type in types:
+            if iou_type in by_type:
+                names = ", ".join(str(p) for p in results_paths)
+                raise ResultsError(f"{names}: give one box results file and one mask results file")
+            by_type[iou_type] = results
+    return by_type
+
+
+def score_results_file(
+    ann_path: str | os.PathLike, results_path: str | os.PathLike | Sequence[str | os.PathLike]
+) -> dict[str, dict[str, float]]:
     """Score a results file against COCO or YouTube-VIS annotations (format detected from the file).
 
+    COCO also takes two files, the box and mask results of one run (`sipmask eval --results-out`,
+    official mmdetection `results2json`): box AP from the first, mask AP from the second.
     Raises AnnotationError / ResultsError naming the file and entry when either input is unusable.
     """
-    data = load_json_file(ann_path, AnnotationError)
-    results = load_json_file(results_path, ResultsError)
+    paths = [results_path] if isinstance(results_path, (str, os.PathLike)) else list(results_path)
+    if not 1 <= len(paths) <= 2:
+        raise ResultsError(f"give one or two results files, got {len(paths)}")
+    data = read_json(ann_path, AnnotationError)
     if detect_format(data, str(ann_path)) == "ytvis":
+        if len(paths) != 1:
+            raise ResultsError(f"{ann_path}: YouTube-VIS results are one file (got {len(paths)})")
+        results = read_json(paths[0], ResultsError)
         gt = parse_ytvis(data, str(ann_path))
-        validate_results(results, gt, str(results_path))
+        validate_results(results, gt, str(paths[0]))
         return {"segm": evaluate_ytvis(gt, results, validate=False)}
     _check_coco_annotations(data, str(ann_path))
-    iou_types = _check_coco_results(results, data, str(results_path))
+    by_type = _coco_results_by_type(data, paths)
+    iou_types = [t for t in ("bbox", "segm") if t in by_type]
     unsegmented = [i for i, ann in enumerate(data["annotations"]) if not ann.get("segmentation")]
     if "segm" in iou_types and unsegmented:
-        if results:
+        if by_type["segm"]:
             ann = data["annotations"][unsegmented[0]]
             raise AnnotationError(
                 f"{ann_path}: annotations[{unsegmented[0]}] (id {ann['id']}): no 'segmentation' to score masks against"
@@ -150,4 +145,4 @@ def score_results_file(ann_path: str | os.PathLike, results_path: str | os.PathL
         iou_types.remove("segm")  # empty results against box-only ground truth: box AP only
     if "segm" in iou_types:
         check_ground_truth_segmentations(data, ann_path)
-    return score_coco(data, results, iou_types)
+    return score_coco(data, by_type, iou_types)

@@ -15,8 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sipmask.data.ytvis import YTVISAnnotations, check_segmentation, encode_mask, load_json_file
+from sipmask.data.json_files import read_json
+from sipmask.data.ytvis import YTVISAnnotations, check_segmentation, encode_mask
 from sipmask.errors import ResultsError
+from sipmask.evaluation.results_check import is_category_id, warn_unknown_categories
 
 _REQUIRED_KEYS = ("video_id", "category_id", "score", "segmentations")
 
@@ -37,14 +39,15 @@ def validate_results(entries: Any, gt: YTVISAnnotations, source: str = "<results
     """Check a loaded results list against the annotations; ResultsError names the entry at fault.
 
     Checks: a list of objects with video_id, category_id, score (finite number) and segmentations;
-    known video and category ids; one segmentation per video frame; each null or an RLE / polygon at
-    the video's size. Returns the entries unchanged.
+    known video ids; one segmentation per video frame; each null or an RLE / polygon at the video's
+    size. Category ids the annotations lack are allowed, with one warning naming them: the official
+    evaluator scores such a file and ignores those entries, and so does `evaluate_ytvis`. Returns
+    the entries unchanged.
     """
     if not isinstance(entries, list):
         raise ResultsError(
             f"{source}: a YouTube-VIS results file must be a JSON list of tracks, got {type(entries).__name__}"
         )
-    cat_ids = set(gt.cat_ids)
     for i, entry in enumerate(entries):
         where = f"{source}: entry {i}"
         if not isinstance(entry, dict):
@@ -56,8 +59,8 @@ def validate_results(entries: Any, gt: YTVISAnnotations, source: str = "<results
         if video is None:
             raise ResultsError(f"{where}: unknown video_id {entry['video_id']!r} (not in {gt.source})")
         where = f"{where} (video_id {video.id})"
-        if entry["category_id"] not in cat_ids:
-            raise ResultsError(f"{where}: unknown category_id {entry['category_id']!r} (not in {gt.source})")
+        if not is_category_id(entry["category_id"]):
+            raise ResultsError(f"{where}: 'category_id' must be an integer, got {entry['category_id']!r}")
         score = entry["score"]
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
             raise ResultsError(f"{where}: 'score' must be a finite number, got {score!r}")
@@ -69,12 +72,13 @@ def validate_results(entries: Any, gt: YTVISAnnotations, source: str = "<results
             reason = check_segmentation(seg, video.height, video.width)
             if reason:
                 raise ResultsError(f"{where} frame {f}: {reason}")
+    warn_unknown_categories(entries, gt.cat_ids, source)
     return entries
 
 
 def load_results(path: str | os.PathLike, gt: YTVISAnnotations) -> list[dict[str, Any]]:
     """Read and validate a YouTube-VIS results file."""
-    return validate_results(load_json_file(path, ResultsError), gt, str(path))
+    return validate_results(read_json(path, ResultsError), gt, str(path))
 
 
 def write_results(path: str | os.PathLike, entries: list[dict[str, Any]], gt: YTVISAnnotations | None = None) -> Path:

@@ -2,7 +2,7 @@
 
     predictor = Predictor.from_checkpoint("sipmask.pt")          # device="auto", backend="torch"
     result = predictor("street.jpg")                             # boxes, scores, labels, masks, class_names
-    entries = to_coco_results(result, image_id=1, category_ids=predictor.category_ids)
+    entries = predictor.to_coco(result, image_id=1)              # COCO results entries, one per detection
     drawn = predictor.draw("street.jpg", result)                 # HxWx3 uint8 RGB
 
 The pipeline is split in the stages `preprocess` -> `network` (backbone + FPN + head, in PyTorch or
@@ -220,6 +220,10 @@ class Predictor:
         """Segment one image: a file path, an HxW(x1/3/4) uint8/uint16 array or a PIL image."""
         return self.batch([image], score_thr)[0]
 
+    def to_coco(self, result: dict[str, Any], image_id: int) -> list[dict[str, Any]]:
+        """One result -> COCO results entries with this model's category ids and box convention."""
+        return to_coco_results(result, image_id, self.category_ids, self.cfg.loss.box_plus_one)
+
     def draw(self, image: ImageInput, result: dict[str, Any], score_thr: float = 0.0) -> np.ndarray:
         """The image (path, array or PIL) with the result's masks, boxes, names and scores drawn: HxWx3 uint8."""
         from sipmask.inference.draw import draw_instances
@@ -227,13 +231,18 @@ class Predictor:
         return draw_instances(load_image(image), result, self.class_names, score_thr)
 
 
-def to_coco_results(result: dict[str, Any], image_id: int, category_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """One result -> COCO results entries: image_id, category_id (category_ids[label]), bbox [x, y, w, h],
-    score, segmentation (compressed RLE by pycocotools, counts as str)."""
+def to_coco_results(
+    result: dict[str, Any], image_id: int, category_ids: Sequence[int], box_plus_one: bool
+) -> list[dict[str, Any]]:
+    """One result -> COCO results entries, one per detection: image_id, category_id
+    (category_ids[label]), bbox [x, y, w, h] with w = x2 - x1 + 1 when box_plus_one (the official
+    presets' `cfg.loss.box_plus_one`) else x2 - x1, score (detection score), segmentation (compressed
+    RLE, counts as str) and, for SipMask++, mask_score (the score of the mask result).
+    `Predictor.to_coco` fills in the model's category ids and box convention."""
     from sipmask.data.coco_results import result_to_coco
 
     tensors = {k: v for k, v in result.items() if isinstance(v, Tensor)}
-    return result_to_coco(tensors, image_id, category_ids)
+    return result_to_coco(tensors, image_id, category_ids, box_plus_one)
 
 
 @contextmanager

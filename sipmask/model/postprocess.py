@@ -55,7 +55,8 @@ def _benchmark_detections(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """SipMask-benchmark candidate selection and NMS for one image, boxes in resized-input pixels.
 
-    Per level: (point, class) pairs with p > thr in row-major order, at most nms_pre of them by
+    Per level: (point, class) pairs with p > thr (official; p x c > thr with threshold_on="score")
+    in row-major order, at most nms_pre of them by
     p x c; score sqrt(p x c); class-aware NMS with "+1" IoU; survivors in ascending candidate
     order; if more than max_per_img, every score >= the k-th best is kept (official kthvalue cut).
     Returns (boxes [K, 4], scores [K], labels [K] 0-based, coefficients [K, k*k*K_b]).
@@ -64,7 +65,8 @@ def _benchmark_detections(
     for level, pts in enumerate(points):
         p = out.cls_logits[level][img].flatten(1).t().sigmoid()  # [HW, C]
         c = out.centerness[level][img].flatten(1)[0].sigmoid()  # [HW]
-        point, label = torch.nonzero(p > thr, as_tuple=True)  # ascending (point, class)
+        passing = p > thr if cfg.threshold_on == "prob" else p * c[:, None] > thr  # [HW, C]
+        point, label = torch.nonzero(passing, as_tuple=True)  # ascending (point, class)
         pc = p[point, label] * c[point]
         if pc.numel() > cfg.nms_pre > 0:  # official topk(sorted=False): keep candidate order
             top = pc.topk(cfg.nms_pre).indices.sort().values
@@ -103,7 +105,13 @@ def postprocess(
     rescoring: MaskRescoring | None = None,
 ) -> list[dict[str, Tensor]]:
     """Detections per image: boxes [N, 4] (original pixels), scores [N], labels [N], masks bool [N, H, W]
-    (and mask_scores [N] with SipMask++ re-scoring). Order follows the official head."""
+    (and mask_scores [N] with SipMask++ re-scoring). Order follows the official head.
+
+    score_thr (default cfg.score_thr) applies to what `cfg.threshold_on` names, strictly (> thr):
+    "prob", the raw class probability p before centerness (official HR and benchmark presets: the
+    reported score p x c, or sqrt(p x c) with sqrt_score, can be lower than thr); "score", p x c
+    (official real-time, SipMask++ and VIS presets: with sqrt_score off, every reported score is > thr).
+    """
     thr = cfg.score_thr if score_thr is None else score_thr
     sizes = [tuple(m.shape[-2:]) for m in out.cls_logits]
     points = level_points(sizes, strides, out.cls_logits[0].device)
@@ -117,12 +125,22 @@ def postprocess(
         factor = boxes.new_tensor([w_scale, h_scale, w_scale, h_scale])
         boxes = boxes / factor
         if cfg.nms == "fast":
+            scores = probs * ctrs[:, None]  # [M, C]
+            if cfg.threshold_on == "prob":  # pairs at or below thr never enter Fast NMS
+                scores, fast_thr = torch.where(probs > thr, scores, torch.zeros_like(scores)), 0.0
+            else:  # official: p x c > thr
+                fast_thr = thr
             det_boxes, scores, labels, keep = fast_nms(
-                boxes, probs * ctrs[:, None], thr, cfg.iou_thr, cfg.fast_nms_top_k, cfg.max_per_img
+                boxes, scores, fast_thr, cfg.iou_thr, cfg.fast_nms_top_k, cfg.max_per_img
             )
-        else:
+        elif cfg.threshold_on == "prob":  # official: the raw probability, before centerness
             det_boxes, scores, labels, keep = multiclass_nms(
                 boxes, probs, ctrs, thr, cfg.iou_thr, cfg.max_per_img, cfg.nms_plus_one, cfg.sqrt_score
+            )
+        else:  # the candidates' p x c itself is thresholded (and reported)
+            det_boxes, scores, labels, keep = multiclass_nms(
+                boxes, probs * ctrs[:, None], torch.ones_like(ctrs), thr, cfg.iou_thr, cfg.max_per_img,
+                cfg.nms_plus_one, cfg.sqrt_score
             )
         canvas_boxes = det_boxes * factor / CANVAS_STRIDE
         result = {
