@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sipmask.data.synth_ytvis import CATEGORIES, render_video
-from sipmask.data.ytvis import encode_mask
+from sipmask.data.segmentation import encode_mask
 from sipmask.evaluation.ytvis_eval import score_ytvis_files
 
 #: Runs the official evaluator `repeats` times; prints [[wall s, cpu s]...] then its metrics as JSON.

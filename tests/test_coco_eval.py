@@ -18,7 +18,7 @@ from sipmask.evaluation.coco_eval import (
     score_coco,
 )
 from sipmask.config import get_preset
-from sipmask.data.coco_results import result_to_coco, split_by_iou_type
+from sipmask.data.coco_results import result_to_coco
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from sipmask.commands.eval_files import run_score_files
-from sipmask.data.ytvis import encode_mask
+from sipmask.data.segmentation import encode_mask
 from sipmask.errors import AnnotationError, ResultsError
 from sipmask.evaluation.score_files import score_results_file
 

@@ -91,7 +91,7 @@ def test_the_non_official_choice_works_for_every_nms(name, on):
 
 
 def test_unknown_threshold_on_is_a_config_error():
-    with pytest.raises(ConfigError, match="test.threshold_on must be 'prob' or 'score'"):
+    with pytest.raises(ConfigError, match="test.threshold_on must be one of 'prob', 'score'"):
         get_preset("tiny").with_overrides(test__threshold_on="centerness")
 
 

@@ -10,7 +10,8 @@ from PIL import Image
 
 from sipmask.cli import main
 from sipmask.data.synth_ytvis import CATEGORIES, MovingShape, draw_frames, write_synthetic_ytvis
-from sipmask.data.ytvis import decode_segmentation, load_ytvis
+from sipmask.data.segmentation import decode_segmentation
+from sipmask.data.ytvis import load_ytvis
 
 
 @pytest.fixture(scope="module")

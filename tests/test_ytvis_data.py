@@ -11,12 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from sipmask.data.segmentation import decode_segmentation, encode_mask
 from sipmask.data.synth_ytvis import write_synthetic_ytvis
 from sipmask.data.ytvis import (
     YTVISFrameDataset,
     augment_pair,
-    decode_segmentation,
-    encode_mask,
     load_ytvis,
     match_reference_ids,
     parse_ytvis,

@@ -9,7 +9,8 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
-from sipmask.data.ytvis import encode_mask, load_ytvis, parse_ytvis
+from sipmask.data.segmentation import encode_mask
+from sipmask.data.ytvis import load_ytvis, parse_ytvis
 from sipmask.errors import ResultsError
 from sipmask.evaluation.ytvis_eval import evaluate_ytvis, score_ytvis_files, track_iou
 from sipmask.evaluation.ytvis_results import encode_track, load_results, validate_results, write_results

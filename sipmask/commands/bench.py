@@ -49,7 +49,7 @@ def _image_size(text: str | None) -> tuple[int, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sipmask.data.coco_results import write_json
+    from sipmask.data.json_files import write_json
     from sipmask.inference.benchmark import BenchOptions, format_report, run_benchmark
 
     opts = BenchOptions(

@@ -85,7 +85,7 @@ def _prepare_out(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from sipmask.commands.eval_files import format_metrics
     from sipmask.data.synth_coco import write_synthetic_coco
-    from sipmask.data.coco_results import write_json
+    from sipmask.data.json_files import write_json
     from sipmask.evaluation.coco_eval import evaluate_model
     from sipmask.checkpoint import load_checkpoint
     from sipmask.commands.arguments import chosen_device

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.images).is_dir():
         raise ConfigError(f"{args.images}: image folder not found")
     from sipmask.data.coco import load_coco_ground_truth
-    from sipmask.data.coco_results import write_json
+    from sipmask.data.json_files import write_json
     from sipmask.evaluation.coco_eval import evaluate_model
     from sipmask.checkpoint import load_checkpoint
     from sipmask.distributed import init_distributed, shutdown

@@ -178,7 +178,7 @@ def _video(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: f
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sipmask.data.coco_results import write_json
+    from sipmask.data.json_files import write_json
     from sipmask.commands.arguments import chosen_device
     from sipmask.inference.predictor import Predictor
     from sipmask.inference.sources import collect_sources

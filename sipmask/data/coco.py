@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 from sipmask.data.image_io import read_image
 from sipmask.data.json_files import read_json

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sipmask.data.ytvis import encode_mask
+from sipmask.data.segmentation import encode_mask
 from sipmask.errors import ConfigError
 
 #: (category id, name): non-contiguous ids on purpose.

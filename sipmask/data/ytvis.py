@@ -23,7 +23,7 @@ from PIL import Image
 
 from sipmask.data.image_io import read_image
 from sipmask.data.json_files import read_json
-from sipmask.data.segmentation import decode_segmentation, encode_mask, segmentation_to_rle  # noqa: F401 (re-exported)
+from sipmask.data.segmentation import decode_segmentation, segmentation_to_rle
 from sipmask.errors import AnnotationError, ImageReadError
 
 #: Official SipMask-VIS training scale (configs `img_scale=(640, 360)`, keep ratio): long edge <= 640,

@@ -24,7 +24,8 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from faster_coco_eval import COCOeval_faster
 
-from sipmask.data.ytvis import YTVISAnnotations, load_ytvis, segmentation_to_rle
+from sipmask.data.segmentation import segmentation_to_rle
+from sipmask.data.ytvis import YTVISAnnotations, load_ytvis
 from sipmask.evaluation.ytvis_results import load_results, validate_results
 
 #: YouTube-VIS area ranges (youtubevos cocoapi `Params.setDetParams`): all, small, medium, large.

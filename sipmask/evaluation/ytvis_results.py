@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from sipmask.data.json_files import read_json
-from sipmask.data.ytvis import YTVISAnnotations, check_segmentation, encode_mask
+from sipmask.data.segmentation import encode_mask
+from sipmask.data.ytvis import YTVISAnnotations, check_segmentation
 from sipmask.errors import ResultsError
 from sipmask.evaluation.results_check import is_category_id, warn_unknown_categories
 
