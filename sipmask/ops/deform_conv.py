@@ -1,7 +1,8 @@
 """Deformable convolution (DCN v1/v2): a fast pure-PyTorch CPU path equal to torchvision's kernel.
 
-`torchvision.ops.deform_conv2d` is used on CUDA and whenever the model is being exported or traced
-(the dynamo ONNX exporter maps it to ONNX `DeformConv`, opset 19+). On CPU, torchvision's kernel
+`torchvision.ops.deform_conv2d` is used on CUDA and whenever the call is being compiled, traced or
+exported (torch.compile, torch.jit.trace, the dynamo ONNX exporter, which maps it to ONNX
+`DeformConv`, opset 19+). On CPU, torchvision's kernel
 costs about 10x a plain conv of the same shape; this module computes the same function as
 
 1. a fused bilinear gather: `F.embedding_bag(mode="sum")` reads the 4 corner rows (channels-last,
@@ -13,6 +14,9 @@ costs about 10x a plain conv of the same shape; this module computes the same fu
    ordinary 3x3 conv of the same shape.
 
 Large maps go through both steps a block of output rows at a time (bounded temporary memory).
+A call changes no process-wide state (thread count, allocator settings); the per-shape index
+constants are cached (`_tap_grid`), and the inference path gathers every block into one buffer with
+the private out= form of embedding_bag, or with the public op where that is missing.
 Both are differentiable (w.r.t. input, offset, mask, weight, bias) with native backward kernels
 (forward + backward at 68x68, 256 channels, one thread: about 2.5x a plain conv's, torchvision 13x).
 Bilinear sampling uses zero padding and `floor`, exactly as torchvision's kernel: a sample point
@@ -21,10 +25,8 @@ the offset gradient at an exactly integer point is the one-sided (right) differe
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,36 +49,31 @@ _OUT_MIN = 1 << 18
 _BORDER = 2
 
 
+def _is_compiling() -> bool:
+    """torch.compile (dynamo) is tracing this call (torch.compiler.is_compiling from torch 2.3 on)."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    if check is None:  # torch 2.2
+        from torch import _dynamo
+
+        check = _dynamo.is_compiling
+    return check()
+
+
+def _is_exporting() -> bool:
+    """torch.export is tracing this call (torch.compiler.is_exporting from torch 2.3 on)."""
+    check = getattr(torch.compiler, "is_exporting", None)
+    return check is not None and check()
+
+
 def _use_torchvision(input: Tensor) -> bool:
-    """True where torchvision's own kernel must (CUDA, export, tracing) or should run."""
+    """True where torchvision's own kernel must run: CUDA, other dtypes, and whenever the call is being
+    compiled (torch.compile), scripted, traced or exported, so that the graph holds the one op that
+    compiles and maps to ONNX `DeformConv` (and the per-shape caches below are never traced)."""
     if input.device.type != "cpu" or input.dtype not in _NATIVE_DTYPES:
         return True
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return True
-    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.3
-    if (is_exporting is not None and is_exporting()) or torch.onnx.is_in_onnx_export():
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run the enclosed ops on one intra-op thread, then restore the thread count.
-
-    The index arithmetic is a series of small, memory-bound elementwise ops; on 2 threads each one
-    ends in a barrier, and on a busy machine a preempted thread stalls every barrier (measured at
-    68x68 under load: 205 ms on 2 threads, 11 ms on one). The thread count is process-wide, so
-    torch ops run meanwhile from other Python threads also get one thread for that moment.
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return _is_compiling() or _is_exporting()
 
 
 def deform_conv2d(
@@ -147,8 +144,7 @@ def _deform_conv2d_cpu(
     padded[:, _BORDER:-_BORDER, :_BORDER].zero_(), padded[:, _BORDER:-_BORDER, -_BORDER:].zero_()
     padded[:, _BORDER:-_BORDER, _BORDER:-_BORDER] = input.permute(0, 2, 3, 1)
     rows = padded.view(-1, channels // groups)  # [B*(H+4)*(W+4)*G, C/G]
-    with _one_thread():  # ~20 cheap elementwise ops: not worth a thread barrier each
-        index, sample_weight = _bilinear_taps(offset, mask, (height, width), (kh, kw), stride, padding, dilation)
+    index, sample_weight = _bilinear_taps(offset, mask, (height, width), (kh, kw), stride, padding, dilation)
     bags_per_row = kh * out_w * kw * groups  # bags (C/G sampled values each) per output row
     index = index.view(batch, out_h, bags_per_row, 4)
     sample_weight = sample_weight.view(batch, out_h, bags_per_row, 4)
@@ -177,7 +173,6 @@ def _deform_conv2d_cpu(
 
     # Without autograd: one gather buffer serves all blocks (one allocation per call), and each
     # block's conv result is copied straight into the output (no cat, no final copy).
-    _prime_allocator()
     block_rows = min(rows_per_block, out_h) * bags_per_row
     # (small blocks: the plain call is faster than the out= variant and its memory is cheap)
     buffer = rows.new_empty(block_rows, channels // groups) if block_rows * rows.shape[1] >= _OUT_MIN else None
@@ -195,21 +190,6 @@ def _deform_conv2d_cpu(
             tap_image = sampled.view(1, (bottom - top) * kh, out_w * kw, channels).permute(0, 3, 1, 2)
             out[b:b + 1, :, top:bottom] = F.conv2d(tap_image, weight, bias, stride=(kh, kw), groups=conv_groups)
     return out
-
-
-@functools.cache
-def _prime_allocator() -> None:
-    """Free one 31 MiB block once, so glibc raises its mmap threshold to it (its dynamic maximum).
-
-    glibc maps every allocation above the threshold (128 KiB at start) afresh and unmaps it on
-    free, so each call would page-fault its multi-MiB temporaries in again (measured here: about a
-    quarter of the op's time at 68x68). Freeing a mapped block raises the threshold to its size for the rest
-    of the process, which any process handling large tensors reaches sooner or later anyway; this
-    reaches it at the first call. A no-op with other allocators.
-    """
-    with torch.inference_mode(False):
-        block = torch.empty(31 << 20, dtype=torch.uint8)
-        del block
 
 
 @functools.lru_cache(maxsize=64)
@@ -251,16 +231,37 @@ def _bag_starts(count: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.arange(0, 4 * count, 4, dtype=dtype, device=device)
 
 
-def _gather_into(out: Tensor, rows: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-    """`F.embedding_bag(index, rows, mode="sum", per_sample_weights=weight)`, written into `out`.
+def _private_gather_op():
+    """`aten::_embedding_bag_forward_only.out`, the out= form of embedding_bag's inference kernel, or None.
 
-    No autograd. Args: out [N, C/G], rows [R, C/G], index int [N, 4], weight [N, 4]. Returns `out`.
+    A private op (no stability promise): where a torch build lacks it or it rejects a call,
+    `_gather_into` falls back to the public `F.embedding_bag` into a fresh tensor (same values).
     """
-    torch.ops.aten._embedding_bag_forward_only.out(
-        rows, index.view(-1), _bag_starts(index.shape[0], index.dtype, index.device), False, 0, False,
-        weight.view(-1), False, -1, out0=out, out1=index.new_empty(0), out2=index.new_empty(0),
-        out3=index.new_empty(0))
-    return out
+    try:
+        return torch.ops.aten._embedding_bag_forward_only.out
+    except (AttributeError, RuntimeError):
+        return None
+
+
+#: The private out= gather (see `_private_gather_op`); None: every gather takes the public path.
+_GATHER_OUT = _private_gather_op()
+
+
+def _gather_into(out: Tensor, rows: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+    """`F.embedding_bag(index, rows, mode="sum", per_sample_weights=weight)`, written into `out` where it can.
+
+    No autograd. Args: out [N, C/G], rows [R, C/G], index int [N, 4], weight [N, 4]. Returns [N, C/G]:
+    `out` itself, or a fresh tensor where the private out= op is missing or fails.
+    """
+    if _GATHER_OUT is not None:
+        try:
+            _GATHER_OUT(rows, index.view(-1), _bag_starts(index.shape[0], index.dtype, index.device), False, 0,
+                        False, weight.view(-1), False, -1, out0=out, out1=index.new_empty(0),
+                        out2=index.new_empty(0), out3=index.new_empty(0))
+            return out
+        except (RuntimeError, TypeError):  # a changed private signature or kernel: the public op below
+            pass
+    return F.embedding_bag(index, rows, mode="sum", per_sample_weights=weight)
 
 
 def _bilinear_taps(
