@@ -6,10 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-try:  # the fast CPU path, numerically equal to torchvision's kernel
-    from sipmask.ops.deform_conv import deform_conv2d
-except ImportError:  # pragma: no cover - until the op exists
-    from torchvision.ops import deform_conv2d
+from sipmask.ops.deform_conv import deform_conv2d  # torchvision's semantics; the fast CPU path
 
 
 class DeformConv(nn.Module):
