@@ -302,3 +302,50 @@ def test_torch_compile_runs_torchvision_op(monkeypatch: pytest.MonkeyPatch) -> N
     finally:
         torch._dynamo.reset()
     torch.testing.assert_close(got, torchvision.ops.deform_conv2d(x, offset, weight, padding=(1, 1)), rtol=0, atol=TOL)
+
+
+def test_layer_workspace_is_reused_per_call_and_safe_across_threads() -> None:
+    """A layer's Workspace: results equal torchvision's, with buffers reused, in two threads at once,
+    and a copied layer starts with an empty workspace of its own."""
+    import copy
+    import pickle
+    import threading
+
+    from sipmask.ops import deform_conv as module
+
+    torch.manual_seed(4)
+    layer = DeformConv2d(64, 32, 3, padding=1, offset_groups=1).eval()
+    inputs = [(torch.randn(1, 64, 40, 36), torch.randn(1, 18, 40, 36) * 2) for _ in range(2)]
+    expected = [torchvision.ops.deform_conv2d(x, o, layer.weight.detach(), layer.bias.detach(), padding=(1, 1))
+                for x, o in inputs]
+    with torch.inference_mode():
+        first = layer(*inputs[0])
+    held = list(layer.workspace._free)
+    assert held and all(b.numel() > 0 for b in held)  # the call's buffers were put back for the next one
+    with torch.inference_mode():
+        layer(*inputs[0])
+    assert {b.data_ptr() for b in layer.workspace._free} == {b.data_ptr() for b in held}  # reused, not new
+    torch.testing.assert_close(first, expected[0], rtol=0, atol=TOL)
+    got: dict[int, list] = {0: [], 1: []}
+    start = threading.Barrier(2)
+
+    def worker(slot: int) -> None:
+        start.wait()
+        with torch.inference_mode():
+            for _ in range(4):
+                got[slot].append(layer(*inputs[slot]))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for slot in (0, 1):
+        assert len(got[slot]) == 4
+        for out in got[slot]:
+            torch.testing.assert_close(out, expected[slot], rtol=0, atol=TOL)
+    assert len(layer.workspace._free) <= module._WORKSPACE_BUFFERS
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert clone.workspace is not layer.workspace and clone.workspace._free == []
+        with torch.inference_mode():
+            torch.testing.assert_close(clone(*inputs[1]), expected[1], rtol=0, atol=TOL)

@@ -16,7 +16,9 @@ costs about 10x a plain conv of the same shape; this module computes the same fu
 Large maps go through both steps a block of output rows at a time (bounded temporary memory).
 A call changes no process-wide state (thread count, allocator settings); the per-shape index
 constants are cached (`_tap_grid`), and the inference path gathers every block into one buffer with
-the private out= form of embedding_bag, or with the public op where that is missing.
+the private out= form of embedding_bag, or with the public op where that is missing. A layer owns a
+`Workspace`: its input table and gather buffer are reused across calls instead of being mapped and
+page-faulted in afresh each time (thread-safe: a call holds its buffers until it returns).
 Both are differentiable (w.r.t. input, offset, mask, weight, bias) with native backward kernels
 (forward + backward at 68x68, 256 channels, one thread: about 2.5x a plain conv's, torchvision 13x).
 Bilinear sampling uses zero padding and `floor`, exactly as torchvision's kernel: a sample point
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +37,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-__all__ = ["DeformConv2d", "deform_conv2d"]
+__all__ = ["DeformConv2d", "Workspace", "deform_conv2d"]
 
 #: dtypes the pure-PyTorch path handles (embedding_bag + oneDNN conv); others go to torchvision.
 _NATIVE_DTYPES = (torch.float32, torch.float64)
@@ -44,6 +47,9 @@ _BLOCK_BYTES = 16 << 20
 #: Gathered values per block from which the inference path reuses one buffer (below, the
 #: out= call's fixed cost outweighs what a fresh small allocation costs).
 _OUT_MIN = 1 << 18
+#: Buffers a `Workspace` keeps: a call uses two (input table, gather buffer), so up to 4 threads
+#: calling one layer at once reuse memory (more still work, with fresh buffers).
+_WORKSPACE_BUFFERS = 8
 #: Zero rows/columns around the input table: the low corner is clamped to [-2, size], so both
 #: corners of any sample lie in [-2, size + 1] and need no per-corner bounds check.
 _BORDER = 2
@@ -85,6 +91,8 @@ def deform_conv2d(
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
     mask: Tensor | None = None,
+    *,
+    workspace: "Workspace | None" = None,
 ) -> Tensor:
     """Deformable conv with the semantics of `torchvision.ops.deform_conv2d`.
 
@@ -95,6 +103,8 @@ def deform_conv2d(
         weight: [O, C/groups, kh, kw] (conv groups are inferred as C // weight.shape[1]).
         bias: [O] or None.
         mask: [B, G*kh*kw, Ho, Wo] modulation (DCN v2) or None (DCN v1).
+        workspace: scratch memory reused across calls by the CPU inference path (a layer owns one,
+            see `Workspace`); None: fresh memory each call.
     Returns:
         [B, O, Ho, Wo], channels-last in memory when the input is (like F.conv2d).
     """
@@ -103,7 +113,8 @@ def deform_conv2d(
             input, offset, weight, bias, stride=_pair(stride), padding=_pair(padding),
             dilation=_pair(dilation), mask=mask,
         )
-    return _deform_conv2d_cpu(input, offset, weight, bias, _pair(stride), _pair(padding), _pair(dilation), mask)
+    return _deform_conv2d_cpu(input, offset, weight, bias, _pair(stride), _pair(padding), _pair(dilation), mask,
+                              workspace)
 
 
 def _deform_conv2d_cpu(
@@ -115,6 +126,7 @@ def _deform_conv2d_cpu(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     mask: Tensor | None,
+    workspace: "Workspace | None" = None,
 ) -> Tensor:
     """The embedding_bag gather + strided conv path; argument contract as `deform_conv2d`."""
     batch, channels, height, width = input.shape
@@ -139,7 +151,15 @@ def _deform_conv2d_cpu(
     # Channels-last table with a zero border: row (b, y+2, x+2, g) holds the C/G channels of group g
     # at pixel (y, x); corners outside the image land on the zero border, which gives torchvision's
     # zero padding (value and gradients) without any masking.
-    padded = input.new_empty(batch, height + 2 * _BORDER, width + 2 * _BORDER, channels)
+    table_shape = (batch, height + 2 * _BORDER, width + 2 * _BORDER, channels)
+    inference = not (torch.is_grad_enabled() and (input.requires_grad or offset.requires_grad
+                                                  or (mask is not None and mask.requires_grad)))
+    taken: list[Tensor] = []  # flat workspace buffers this call holds (given back at its end)
+    if workspace is not None and inference:
+        taken.append(workspace.take(math.prod(table_shape), input.dtype, input.device))
+        padded = taken[-1][: math.prod(table_shape)].view(table_shape)
+    else:
+        padded = input.new_empty(table_shape)
     padded[:, :_BORDER].zero_(), padded[:, -_BORDER:].zero_()  # only the border is zero-filled
     padded[:, _BORDER:-_BORDER, :_BORDER].zero_(), padded[:, _BORDER:-_BORDER, -_BORDER:].zero_()
     padded[:, _BORDER:-_BORDER, _BORDER:-_BORDER] = input.permute(0, 2, 3, 1)
@@ -175,7 +195,13 @@ def _deform_conv2d_cpu(
     # block's conv result is copied straight into the output (no cat, no final copy).
     block_rows = min(rows_per_block, out_h) * bags_per_row
     # (small blocks: the plain call is faster than the out= variant and its memory is cheap)
-    buffer = rows.new_empty(block_rows, channels // groups) if block_rows * rows.shape[1] >= _OUT_MIN else None
+    buffer = None
+    if block_rows * rows.shape[1] >= _OUT_MIN:
+        if workspace is not None:
+            taken.append(workspace.take(block_rows * rows.shape[1], rows.dtype, rows.device))
+            buffer = taken[-1][: block_rows * rows.shape[1]].view(block_rows, rows.shape[1])
+        else:
+            buffer = rows.new_empty(block_rows, rows.shape[1])
     out = torch.empty(batch, out_channels, out_h, out_w, dtype=input.dtype, device=input.device,
                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     for b in range(batch):
@@ -189,7 +215,49 @@ def _deform_conv2d_cpu(
                 sampled = _gather_into(buffer[: block_index.shape[0]], rows, block_index, block_weight)
             tap_image = sampled.view(1, (bottom - top) * kh, out_w * kw, channels).permute(0, 3, 1, 2)
             out[b:b + 1, :, top:bottom] = F.conv2d(tap_image, weight, bias, stride=(kh, kw), groups=conv_groups)
+    for flat in taken:
+        workspace.give(flat)
     return out
+
+
+class Workspace:
+    """Scratch memory of one deformable layer, reused by its CPU inference calls (no autograd).
+
+    Each call gathers its tap image into a buffer of up to `_BLOCK_BYTES`; allocating it afresh makes
+    the system map and page-fault those megabytes in again on every call. A layer that owns a
+    Workspace takes a buffer out for the call and puts it back after: calls from several threads at
+    once each hold their own buffer (never shared while in use), and at most `_WORKSPACE_BUFFERS` are
+    kept. Copies (deepcopy, pickling) start empty; nothing of it is in a state_dict.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[Tensor] = []
+
+    def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A flat buffer of at least `numel` elements, owned by the caller until `give`."""
+        with self._lock:
+            fitting = [i for i, b in enumerate(self._free) if b.dtype == dtype and b.device == device
+                       and b.numel() >= numel]
+            if fitting:  # the smallest that fits: the larger ones stay for the larger needs
+                return self._free.pop(min(fitting, key=lambda i: self._free[i].numel()))
+        return torch.empty(numel, dtype=dtype, device=device)
+
+    def give(self, buffer: Tensor) -> None:
+        """Return a flat buffer from `take` for later calls; the smallest is dropped when too many are kept."""
+        with self._lock:
+            self._free.append(buffer)
+            if len(self._free) > _WORKSPACE_BUFFERS:
+                self._free.remove(min(self._free, key=lambda t: t.numel()))
+
+    def __deepcopy__(self, memo: dict) -> "Workspace":
+        return Workspace()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
 
 
 @functools.lru_cache(maxsize=64)
@@ -352,6 +420,7 @@ class DeformConv2d(nn.Module):
         # per call; state_dict keys and shapes are the usual ones, loading keeps this layout).
         self.weight = nn.Parameter(torch.empty(out_channels, kh, kw, in_channels).permute(0, 3, 1, 2))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.workspace = Workspace()  # scratch memory of the CPU inference path
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -367,7 +436,8 @@ class DeformConv2d(nn.Module):
         if offset.shape[1] != expected:
             raise ValueError(f"offset has {offset.shape[1]} channels, expected {expected} "
                              f"(2 * {self.offset_groups} groups * kernel taps)")
-        return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
+        return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask,
+                             workspace=self.workspace)
 
     def extra_repr(self) -> str:
         out_channels, in_channels, kh, kw = self.weight.shape
