@@ -349,3 +349,14 @@ def test_layer_workspace_is_reused_per_call_and_safe_across_threads() -> None:
         assert clone.workspace is not layer.workspace and clone.workspace._free == []
         with torch.inference_mode():
             torch.testing.assert_close(clone(*inputs[1]), expected[1], rtol=0, atol=TOL)
+
+
+def test_workspace_serves_inference_mode_and_no_grad_alike() -> None:
+    """Buffers made under torch.inference_mode are reused under torch.no_grad (and back)."""
+    torch.manual_seed(5)
+    layer = DeformConv2d(64, 16, 3, padding=1).eval()
+    x, offset = torch.randn(1, 64, 40, 36), torch.randn(1, 18, 40, 36)
+    expected = torchvision.ops.deform_conv2d(x, offset, layer.weight.detach(), layer.bias.detach(), padding=(1, 1))
+    for context in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+        with context():
+            torch.testing.assert_close(layer(x, offset), expected, rtol=0, atol=TOL)

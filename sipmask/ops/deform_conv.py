@@ -241,7 +241,8 @@ class Workspace:
                        and b.numel() >= numel]
             if fitting:  # the smallest that fits: the larger ones stay for the larger needs
                 return self._free.pop(min(fitting, key=lambda i: self._free[i].numel()))
-        return torch.empty(numel, dtype=dtype, device=device)
+        with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+            return torch.empty(numel, dtype=dtype, device=device)
 
     def give(self, buffer: Tensor) -> None:
         """Return a flat buffer from `take` for later calls; the smallest is dropped when too many are kept."""
