@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from sipmask.ops.deform_conv import deform_conv2d
+from sipmask.ops.deform_conv import Workspace, deform_conv2d
 
 #: (height, width) of the feature maps: RT-544 P3..P7, then P3 of an 800x1333 input.
 SHAPES: tuple[tuple[int, int], ...] = ((68, 68), (34, 34), (17, 17), (9, 9), (5, 5), (100, 168))
@@ -51,11 +51,12 @@ def bench_shape(height: int, width: int, runs: int, warmup: int, channels_last: 
     # The layout sipmask's DeformConv2d stores; it is also the plain conv's faster weight layout, so
     # the baseline below is the stricter one (the default-layout plain conv is reported too).
     weight = weight_nchw.contiguous(memory_format=torch.channels_last)
+    workspace = Workspace()  # as a DeformConv2d layer calls the op: scratch memory reused across calls
     ops: dict[str, Callable[[], torch.Tensor]] = {
         "plain_conv": lambda: F.conv2d(x, weight, padding=1),
         "plain_conv_nchw_weight": lambda: F.conv2d(x, weight_nchw, padding=1),
         "torchvision": lambda: torchvision.ops.deform_conv2d(x, offset, weight, padding=(1, 1)),
-        "ours": lambda: deform_conv2d(x, offset, weight, padding=1),
+        "ours": lambda: deform_conv2d(x, offset, weight, padding=1, workspace=workspace),
     }
     times: dict[str, list[float]] = {name: [] for name in ops}
     with torch.inference_mode():

@@ -1,6 +1,8 @@
 """The CPU deformable conv equals torchvision.ops.deform_conv2d (forward and all gradients)."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torchvision
@@ -225,3 +227,136 @@ def test_output_memory_format_follows_the_input() -> None:
     out = deform_conv2d(x.contiguous(memory_format=torch.channels_last), offset, weight, padding=1)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert deform_conv2d(x, offset, weight, padding=1).view(1, 4, -1).shape == (1, 4, 42)
+
+
+@pytest.mark.parametrize("private_op", ["missing", "failing"])
+def test_public_gather_fallback_matches_torchvision(monkeypatch: pytest.MonkeyPatch, private_op: str) -> None:
+    """Without the private out= embedding_bag op (absent, or rejecting the call), the public one gives the same."""
+    from sipmask.ops import deform_conv as module
+
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("aten::_embedding_bag_forward_only: signature changed")
+
+    monkeypatch.setattr(module, "_GATHER_OUT", None if private_op == "missing" else failing)
+    monkeypatch.setattr(module, "_OUT_MIN", 0)  # every inference call takes the reused-buffer path
+    monkeypatch.setattr(module, "_BLOCK_BYTES", 4000)  # several blocks share that buffer
+    gen = torch.Generator().manual_seed(11)
+    x, offset = torch.randn(2, 8, 11, 9, generator=gen), torch.randn(2, 2 * 2 * 9, 11, 9, generator=gen) * 2
+    weight, bias = torch.randn(5, 8, 3, 3, generator=gen), torch.randn(5, generator=gen)
+    mask = torch.rand(2, 2 * 9, 11, 9, generator=gen)
+    expected = torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=(1, 1), mask=mask)
+    with torch.inference_mode():
+        got = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    torch.testing.assert_close(got, expected, rtol=0, atol=TOL)
+    if private_op == "failing":
+        assert len(calls) > 2  # every block of both images tried the private op, then fell back
+    monkeypatch.setattr(module, "_GATHER_OUT", module._private_gather_op())  # the normal path, same numbers
+    with torch.inference_mode():
+        torch.testing.assert_close(deform_conv2d(x, offset, weight, bias, padding=1, mask=mask), got, rtol=0, atol=1e-6)
+
+
+def test_calls_leave_the_thread_count_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No process-wide state per call: torch.set_num_threads is never called (other threads share it)."""
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    x, offset, weight = torch.randn(1, 16, 20, 20), torch.randn(1, 72, 20, 20), torch.randn(8, 16, 3, 3)
+    with torch.inference_mode():
+        deform_conv2d(x, offset, weight, padding=1)
+    deform_conv2d(x.requires_grad_(), offset, weight, padding=1).sum().backward()
+    assert calls == []
+
+
+def test_jit_trace_records_torchvision_op() -> None:
+    """torch.jit.trace of a DeformConv2d holds torchvision's op (not the gather path) and replays it."""
+    torch.manual_seed(0)
+    module = DeformConv2d(4, 6, 3, padding=1, offset_groups=2).eval()
+    x, offset = torch.randn(1, 4, 7, 8), torch.randn(1, 36, 7, 8)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter (deprecation, shape checks become constants)
+        traced = torch.jit.trace(module, (x, offset))
+        assert "torchvision::deform_conv2d" in str(traced.graph)
+        assert "embedding_bag" not in str(traced.graph)
+        x2, offset2 = torch.randn(1, 4, 7, 8), torch.randn(1, 36, 7, 8)
+        torch.testing.assert_close(traced(x2, offset2), module(x2, offset2), rtol=0, atol=TOL)
+
+
+def test_torch_compile_runs_torchvision_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torch.compile the gather path (lru caches, private op) is never traced: torchvision's op is."""
+    from sipmask.ops import deform_conv as module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the CPU gather path was traced by torch.compile")
+
+    monkeypatch.setattr(module, "_deform_conv2d_cpu", refuse)
+    gen = torch.Generator().manual_seed(2)
+    x, offset, weight = torch.randn(1, 4, 6, 7, generator=gen), torch.randn(1, 18, 6, 7, generator=gen), \
+        torch.randn(3, 4, 3, 3, generator=gen)
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(lambda a, o, w: deform_conv2d(a, o, w, padding=1), backend="eager")
+        with torch.no_grad():
+            got = compiled(x, offset, weight)
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(got, torchvision.ops.deform_conv2d(x, offset, weight, padding=(1, 1)), rtol=0, atol=TOL)
+
+
+def test_layer_workspace_is_reused_per_call_and_safe_across_threads() -> None:
+    """A layer's Workspace: results equal torchvision's, with buffers reused, in two threads at once,
+    and a copied layer starts with an empty workspace of its own."""
+    import copy
+    import pickle
+    import threading
+
+    from sipmask.ops import deform_conv as module
+
+    torch.manual_seed(4)
+    layer = DeformConv2d(64, 32, 3, padding=1, offset_groups=1).eval()
+    inputs = [(torch.randn(1, 64, 40, 36), torch.randn(1, 18, 40, 36) * 2) for _ in range(2)]
+    expected = [torchvision.ops.deform_conv2d(x, o, layer.weight.detach(), layer.bias.detach(), padding=(1, 1))
+                for x, o in inputs]
+    with torch.inference_mode():
+        first = layer(*inputs[0])
+    held = list(layer.workspace._free)
+    assert held and all(b.numel() > 0 for b in held)  # the call's buffers were put back for the next one
+    with torch.inference_mode():
+        layer(*inputs[0])
+    assert {b.data_ptr() for b in layer.workspace._free} == {b.data_ptr() for b in held}  # reused, not new
+    torch.testing.assert_close(first, expected[0], rtol=0, atol=TOL)
+    got: dict[int, list] = {0: [], 1: []}
+    start = threading.Barrier(2)
+
+    def worker(slot: int) -> None:
+        start.wait()
+        with torch.inference_mode():
+            for _ in range(4):
+                got[slot].append(layer(*inputs[slot]))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for slot in (0, 1):
+        assert len(got[slot]) == 4
+        for out in got[slot]:
+            torch.testing.assert_close(out, expected[slot], rtol=0, atol=TOL)
+    assert len(layer.workspace._free) <= module._WORKSPACE_BUFFERS
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert clone.workspace is not layer.workspace and clone.workspace._free == []
+        with torch.inference_mode():
+            torch.testing.assert_close(clone(*inputs[1]), expected[1], rtol=0, atol=TOL)
+
+
+def test_workspace_serves_inference_mode_and_no_grad_alike() -> None:
+    """Buffers made under torch.inference_mode are reused under torch.no_grad (and back)."""
+    torch.manual_seed(5)
+    layer = DeformConv2d(64, 16, 3, padding=1).eval()
+    x, offset = torch.randn(1, 64, 40, 36), torch.randn(1, 18, 40, 36)
+    expected = torchvision.ops.deform_conv2d(x, offset, layer.weight.detach(), layer.bias.detach(), padding=(1, 1))
+    for context in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+        with context():
+            torch.testing.assert_close(layer(x, offset), expected, rtol=0, atol=TOL)

@@ -95,3 +95,24 @@ def test_benchmark_presets_resize_like_fcos_core():
     assert test_geometry(480, 640, get_preset("mm_r50_gn_1x").input)[0] == (800, 1067)
     # long edge capped: short = round(1333 * 300 / 3000) = 133, long = int(133 * 10) = 1330
     assert test_geometry(300, 3000, get_preset("bm_r50_1x").input)[0] == (133, 1330)
+
+
+def test_for_inference_copies_unless_in_place(model):
+    """for_inference: a channels-last eval copy on the CPU with the same results; inplace converts the model itself."""
+    model.train()
+    try:
+        fast = model.for_inference()
+        assert fast is not model and fast.channels_last and not fast.training
+        assert model.training and not model.channels_last
+        image = np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+        batch, _ = fast.preprocess([image])
+        assert batch.is_contiguous(memory_format=torch.channels_last)
+        got, ref = fast.predict([image], score_thr=0.0)[0], model.predict([image], score_thr=0.0)[0]
+        assert got["labels"].tolist() == ref["labels"].tolist()
+        torch.testing.assert_close(got["boxes"], ref["boxes"], atol=1e-3, rtol=0)
+        with pytest.raises(ValueError, match="half precision"):
+            model.for_inference(half=True)
+        other = sipmask.build_model("tiny", num_classes=4)
+        assert other.for_inference(channels_last=False, inplace=True) is other and not other.channels_last
+    finally:
+        model.eval()

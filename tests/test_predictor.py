@@ -1,6 +1,7 @@
 """Predictor: paths, arrays and PIL images give the model's results; COCO entries and drawings from them."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+import sipmask
 from sipmask.errors import CheckpointError, ImageReadError
 from sipmask.inference.predictor import Predictor, to_coco_results
 from tests.inference_helpers import CATEGORY_IDS, CLASS_NAMES, save_tiny_checkpoint
@@ -117,3 +119,75 @@ def test_draw_marks_the_detections(predictor, image):
     assert inside.any() and (drawn[inside] != image[inside]).any()
     empty = {k: v[:0] for k, v in result.items() if isinstance(v, torch.Tensor)}
     assert np.array_equal(predictor.draw(image, empty), image)
+
+
+def test_concurrent_calls_keep_the_thread_count_and_the_results(predictor, image, monkeypatch):
+    """Two threads calling one Predictor at once: torch's thread count is never touched, results as alone."""
+    second = np.ascontiguousarray(image[:, ::-1])
+    alone = [predictor(im, score_thr=0.0) for im in (image, second)]
+    real_set, original = torch.set_num_threads, torch.get_num_threads()
+    real_set(2)  # a per-call switch to one thread would show in the count
+    threads_before = torch.get_num_threads()
+    set_calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (set_calls.append(n), real_set(n)))
+    start = threading.Barrier(2)
+    got: dict[int, list] = {0: [], 1: []}
+    errors = []
+
+    def worker(slot: int, im: np.ndarray) -> None:
+        try:
+            start.wait()
+            for _ in range(3):
+                got[slot].append(predictor(im, score_thr=0.0))
+        except BaseException as err:  # reported by the main thread
+            errors.append(err)
+
+    workers = [threading.Thread(target=worker, args=(i, im)) for i, im in enumerate((image, second))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    threads_after = torch.get_num_threads()
+    real_set(original)
+    assert errors == []
+    assert set_calls == [] and threads_after == threads_before == 2
+    for slot in (0, 1):
+        assert len(got[slot]) == 3
+        for result in got[slot]:
+            _assert_same(result, alone[slot])
+
+
+def test_predictor_leaves_the_callers_model_unchanged():
+    """Device, memory format, dtype, mode and parameters of the model handed in stay as they were."""
+    torch.manual_seed(0)
+    model = sipmask.build_model("tiny", num_classes=3, input__test_scale=(160, 128)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    formats = {k: v.is_contiguous() for k, v in model.state_dict().items()}
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    predictor = Predictor(model, device="cpu")
+    predictor(np.zeros((60, 80, 3), np.uint8), score_thr=0.0)
+    assert predictor.model is not model and predictor.channels_last and predictor.model.channels_last
+    assert model.training and not model.channels_last and model.device == torch.device("cpu")
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in after.items():
+        assert value.dtype == dtypes[key] and value.is_contiguous() == formats[key], key
+        assert torch.equal(value, before[key]), key
+    # the copy computes what the caller's model computes
+    _assert_same(predictor(np.full((60, 80, 3), 90, np.uint8), score_thr=0.0),
+                 model.predict([np.full((60, 80, 3), 90, np.uint8)], score_thr=0.0)[0])
+    assert model.training  # predict restores the caller's mode
+
+
+def test_threads_option_sets_the_count_once(checkpoint, image):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", threads=1)
+        assert torch.get_num_threads() == 1
+        predictor(image)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads"):
+        Predictor.from_checkpoint(checkpoint, device="cpu", threads=0)

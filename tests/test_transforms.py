@@ -11,7 +11,7 @@ from sipmask.data.transforms import (
     Sample,
     TrainTransform,
     expand,
-    keep_ratio_size,
+    rescale_size,
     min_iou_random_crop,
     photometric_distortion,
 )
@@ -46,10 +46,11 @@ def _check_consistent(s: Sample, tol: float = 1.5, photometric: bool = False) ->
             assert torch.allclose(mean, COLOURS[int(s.labels[j])], atol=30), (mean, s.labels[j])
 
 
-def test_keep_ratio_size_follows_mmcv_imrescale():
-    assert keep_ratio_size(480, 640, (1333, 800)) == (800, 1067)
-    assert keep_ratio_size(1000, 200, (1333, 800)) == (1333, 267)
-    assert keep_ratio_size(320, 320, (533, 320)) == (320, 320)
+def test_rescale_size_follows_mmcv_imrescale():
+    assert rescale_size(480, 640, (1333, 800)) == ((800, 1067), 800 / 480)
+    assert rescale_size(1000, 200, (1333, 800)) == ((1333, 267), 1333 / 1000)
+    assert rescale_size(320, 320, (533, 320)) == ((320, 320), 1.0)
+    assert rescale_size(1, 4000, (1333, 800))[0] == (1, 1333)  # never a zero side
 
 
 def test_high_accuracy_recipe_multiscale_flip_consistent():

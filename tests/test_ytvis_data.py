@@ -19,8 +19,8 @@ from sipmask.data.ytvis import (
     load_ytvis,
     match_reference_ids,
     parse_ytvis,
-    rescale_size,
 )
+from sipmask.data.transforms import rescale_size
 from sipmask.errors import AnnotationError
 
 
@@ -168,7 +168,7 @@ def test_augment_pair_same_flip_and_size(synth: dict[str, Path]) -> None:
         decisions.append(torch.equal(a, f_img))
         assert torch.equal(r, f_ref_img) == decisions[-1] and torch.equal(a, img) != decisions[-1]
     assert any(decisions) and not all(decisions)
-    assert rescale_size(640, 480, (640, 360)) == (480, 360, 0.75)
+    assert rescale_size(480, 640, (640, 360)) == ((360, 480), 0.75)  # (height, width) in and out
 
 
 def test_missing_corrupt_and_odd_sized_frames_are_reported(tmp_path: Path) -> None:

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     ))
     print("[3/4] evaluating on the val split")
     model, state = load_checkpoint(summary["last"], device)
+    model = model.for_inference(inplace=True)  # the Predictor's speed options (this command's own model)
     class_names = [c["name"] for c in state["classes"]]
     metrics = evaluate_model(
         model, paths["val_images"], paths["val_ann"], [c["id"] for c in state["classes"]],

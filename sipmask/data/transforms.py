@@ -85,14 +85,16 @@ def _unwrap(image: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor, sampl
     )
 
 
-def keep_ratio_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
-    """mmcv `imrescale` size: the largest size within (long, short) edge limits, keeping the ratio.
+def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[tuple[int, int], float]:
+    """Keep-ratio size as mmcv `imrescale`: the largest size within (long, short) edge limits.
 
-    Returns (new_height, new_width), each rounded as int(x * factor + 0.5).
+    The one keep-ratio resizer (training, test-time preprocess, YouTube-VIS): factor
+    min(long / long side, short / short side), each side rounded as int(x * factor + 0.5), at least 1.
+    Returns ((new_height, new_width), factor).
     """
     long_edge, short_edge = max(scale), min(scale)
     factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    return (max(int(height * factor + 0.5), 1), max(int(width * factor + 0.5), 1)), factor
 
 
 def resize(sample: Sample, size_hw: tuple[int, int]) -> Sample:
@@ -122,7 +124,7 @@ def sample_train_scale(scales: tuple[tuple[int, int], ...], gen: torch.Generator
 def resize_to_scale(sample: Sample, scale: tuple[int, int], keep_ratio: bool) -> Sample:
     """keep_ratio: scale = (long, short) limits; else scale = (w, h) exactly."""
     h, w = sample.size
-    size = keep_ratio_size(h, w, scale) if keep_ratio else (scale[1], scale[0])
+    size = rescale_size(h, w, scale)[0] if keep_ratio else (scale[1], scale[0])
     return resize(sample, size)
 
 

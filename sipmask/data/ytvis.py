@@ -24,6 +24,7 @@ from PIL import Image
 from sipmask.data.image_io import read_image
 from sipmask.data.json_files import read_json
 from sipmask.data.segmentation import decode_segmentation, segmentation_to_rle
+from sipmask.data.transforms import rescale_size
 from sipmask.errors import AnnotationError, ImageReadError
 
 #: Official SipMask-VIS training scale (configs `img_scale=(640, 360)`, keep ratio): long edge <= 640,
@@ -259,14 +260,6 @@ def match_reference_ids(instance_ids: torch.Tensor, ref_instance_ids: torch.Tens
     return torch.where(same.any(dim=1), same.float().argmax(dim=1) + 1, torch.zeros_like(instance_ids))
 
 
-def rescale_size(width: int, height: int, scale: tuple[int, int]) -> tuple[int, int, float]:
-    """Keep-ratio resize as mmcv `imrescale`: the factor that fits (long, short) edges within `scale`.
-    Returns (new_width, new_height, factor)."""
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(width, height), short_edge / min(width, height))
-    return int(width * factor + 0.5), int(height * factor + 0.5), factor
-
-
 def resize_and_flip(
     image: np.ndarray, target: dict[str, torch.Tensor], out_size: tuple[int, int], flip: bool
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -313,7 +306,7 @@ def augment_pair(
     """The official VIS training augmentation: one keep-ratio scale and one flip decision, applied to
     the current frame and to its reference frame alike (both resized to the current frame's size)."""
     h, w = image.shape[:2]
-    out_w, out_h, _ = rescale_size(w, h, scale)
+    (out_h, out_w), _ = rescale_size(h, w, scale)
     flip = bool(rng.random() < flip_ratio)
     img, tgt = resize_and_flip(image, target, (out_w, out_h), flip)
     ref_img, ref_tgt = resize_and_flip(ref_image, ref_target, (out_w, out_h), flip)

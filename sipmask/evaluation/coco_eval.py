@@ -107,7 +107,9 @@ def predict_coco_results(
 ) -> list[dict[str, Any]]:
     """Run the model on this process's share of the images (image i goes to rank i % world_size):
     one entry per detection (`result_to_coco`, in the box convention of `model.cfg.loss.box_plus_one`;
-    SipMask++ entries also carry mask_score). The ground truth is checked first
+    SipMask++ entries also carry mask_score). A SipMask model runs as `model.for_inference()` (a copy
+    set up as the Predictor's; the model itself is left as it is, e.g. in training mode); any other
+    object with `predict(arrays, score_thr)` as is. The ground truth is checked first
     (`load_coco_ground_truth`): a file that cannot be scored fails before the model runs."""
     data = load_coco_ground_truth(ann_file)
     if label_to_cat_id is None:
@@ -117,6 +119,10 @@ def predict_coco_results(
     if unknown:
         raise AnnotationError(f"{ann_file}: the model's category ids {unknown} are not in this annotation file")
     images = sorted(data["images"], key=lambda im: im["id"])[rank::world_size]
+    from sipmask.model.detector import SipMask
+
+    if isinstance(model, SipMask):  # the Predictor's speed options (channels-last on the CPU), on a copy
+        model = model.for_inference()
     iterator: Any = images
     if progress:
         from tqdm import tqdm

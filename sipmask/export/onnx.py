@@ -10,6 +10,7 @@ counts and per-instance mask crops do not map well to a static ONNX graph.)
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -64,8 +65,8 @@ class ExportableNetwork(nn.Module):
 def _export(model: SipMask, target: str | os.PathLike | io.BytesIO, size: int, metadata: dict[str, str] | None) -> None:
     from torch.export import Dim
 
-    model = model.eval()
-    network = ExportableNetwork(model).eval().to(memory_format=torch.contiguous_format)
+    # A copy in eval mode and the default layout: the caller's model keeps its mode and memory format.
+    network = ExportableNetwork(copy.deepcopy(model)).eval().to(memory_format=torch.contiguous_format)
     device = model.device
     side = max(int(np.ceil(size / model.cfg.input.size_divisor) * model.cfg.input.size_divisor), MIN_EXAMPLE_SIDE)
     example = torch.zeros((1, 3, side, side), device=device)

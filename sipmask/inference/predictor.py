@@ -6,15 +6,17 @@
     drawn = predictor.draw("street.jpg", result)                 # HxWx3 uint8 RGB
 
 The pipeline is split in the stages `preprocess` -> `network` (backbone + FPN + head, in PyTorch or
-ONNX Runtime) -> `postprocess`, so that `sipmask bench` can time each; together they compute
-exactly what `SipMask.predict` computes.
+ONNX Runtime) -> `postprocess`, so that `sipmask bench` can time each. They are the model's own
+stages (`SipMask.preprocess`, `.network`, `.postprocess`, which `SipMask.predict` and so evaluation
+run too), on the Predictor's copy of the model set up by `SipMask.for_inference` (channels-last on
+the CPU, float16 on request on CUDA). A Predictor never changes the caller's model, nor process-wide
+settings such as torch's thread count: calls from several threads at once are safe.
 """
 from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,16 +26,9 @@ from torch import Tensor
 from sipmask.data.image_io import read_image, to_rgb_uint8
 from sipmask.checkpoint import checkpoint_classes, load_checkpoint
 from sipmask.errors import CheckpointError
-from sipmask.model.postprocess import ImageMeta, postprocess
+from sipmask.model.postprocess import ImageMeta
 from sipmask.model.detector import SipMask
 from sipmask.model.head import HeadOutput
-from sipmask.model.preprocess import prepare_test_image
-
-#: Intra-op threads of the pre- and postprocess on the CPU. Their tensors are small (up to about a
-#: million elements) and the postprocess has about 300 ops: one thread is about as fast as two on an
-#: idle CPU, and on a busy one every multi-threaded op waits for a descheduled thread (postprocess
-#: measured on this shared 2-core machine: 58 ms with one thread, 1141 ms with two; same outputs).
-LIGHT_STAGE_THREADS = 1
 
 #: What a Predictor accepts as one image.
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
@@ -72,13 +67,21 @@ class Predictor:
     `class_names`: list[str] [N], the name of each detection's class.
 
     Args:
-        model: a SipMask model (moved to `device`, set to eval; on the CPU converted to channels_last).
+        model: a SipMask model. The Predictor runs a copy (`model.for_inference`): the caller's model
+            keeps its device, memory format, dtype, mode and parameters (`from_checkpoint` converts its
+            own freshly loaded model in place instead).
         class_names / category_ids: per label (0-based); default "class_<i>" / i + 1.
         device: "auto", "cpu", "cuda", "cuda:1", ...
         backend: "torch", or "onnxruntime" with `onnx_path` (a file written by `sipmask export`).
         channels_last: None = on the CPU (oneDNN's faster layout for these convs), off on CUDA.
         half: float16 network on CUDA (postprocess stays float32).
         compile: torch.compile the network (CUDA; slow first call).
+        threads: None (default) leaves torch's intra-op thread count as the process has it; a number
+            sets it once, here, with torch.set_num_threads (process-wide, for every torch op from then
+            on; an opt-in, e.g. 1 on a busy shared CPU, where each multi-threaded op of the many small
+            pre- and postprocess ops waits for a descheduled thread). Calls never change it.
+        copy_model: False lets the Predictor convert `model` in place instead of copying it (for a
+            model nobody else holds; `from_checkpoint` does this).
     """
 
     def __init__(
@@ -92,6 +95,8 @@ class Predictor:
         channels_last: bool | None = None,
         half: bool = False,
         compile: bool = False,
+        threads: int | None = None,
+        copy_model: bool = True,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -105,21 +110,14 @@ class Predictor:
         if len(self.class_names) != num_classes or len(self.category_ids) != num_classes:
             raise ValueError(f"the model has {num_classes} classes, got {len(self.class_names)} names "
                              f"and {len(self.category_ids)} category ids")
-        if half and self.device.type != "cuda":
-            raise ValueError("half precision is a CUDA option (float16 convs are slow or missing on the CPU)")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be at least 1, got {threads}")
+            torch.set_num_threads(threads)  # once, by request (see the docstring)
         self.backend = backend
         self.half = half
-        self.model = model.to(self.device).eval()
-        if channels_last is None:
-            channels_last = self.device.type == "cpu"
-        self.channels_last = channels_last
-        self.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        if half:
-            self.model.backbone.half()
-            self.model.neck.half()
-            self.model.head.half()
-            if self.model.head.rescoring is not None:
-                self.model.head.rescoring.float()  # runs in the float32 postprocess
+        self.model = model.for_inference(self.device, channels_last, half, inplace=not copy_model)
+        self.channels_last = self.model.channels_last
         self._session = None
         if backend == "onnxruntime":
             if onnx_path is None:
@@ -131,7 +129,7 @@ class Predictor:
             if stored is not None and stored != json.loads(json.dumps(self.cfg.to_dict())):
                 raise CheckpointError(f"{self._session.name}: this ONNX file was exported from a model with "
                                       "another config than the checkpoint's")
-        self._network_fn = torch.compile(self._torch_network) if compile else self._torch_network
+        self._network_fn = torch.compile(self.model.network) if compile else self.model.network
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -154,33 +152,21 @@ class Predictor:
             from sipmask.export.onnx import export_onnx_bytes
 
             onnx_path = export_onnx_bytes(model)
+        options.setdefault("copy_model", False)  # nobody else holds this model: no copy needed
         return cls(model, names, ids, device=device, backend=backend, onnx_path=onnx_path, **options)
 
     # ------------------------------------------------------------------ stages
     def preprocess(self, arrays: Sequence[np.ndarray]) -> tuple[Tensor, list[ImageMeta]]:
         """HxWx3 uint8 RGB arrays -> (normalised padded batch [B, 3, H, W], per-image ImageMeta)."""
-        with self._light_stage():
-            prepared = [prepare_test_image(a, self.cfg.input, self.device) for a in arrays]
-            batch = self.model.batch_images([p[0] for p in prepared])
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch, [p[1] for p in prepared]
-
-    def _light_stage(self):
-        """Context of the pre- and postprocess: LIGHT_STAGE_THREADS intra-op threads on the CPU."""
-        return _intra_op_threads(LIGHT_STAGE_THREADS if self.device.type == "cpu" else None)
+        return self.model.preprocess(arrays)
 
     def features(self, batch: Tensor) -> list[Tensor]:
         """Backbone + FPN (torch backend): [B, 3, H, W] -> P3..P7."""
-        return self.model.features(batch.half() if self.half else batch)
+        return self.model.network_features(batch)
 
     def head(self, feats: list[Tensor]) -> HeadOutput:
         """The SipMask head (torch backend), outputs in float32."""
-        out = self.model.head(feats)
-        return _to_float(out) if self.half else out
-
-    def _torch_network(self, batch: Tensor) -> HeadOutput:
-        return self.head(self.features(batch))
+        return self.model.network_head(feats)
 
     def network(self, batch: Tensor) -> HeadOutput:
         """Backbone + FPN + head on the chosen backend: [B, 3, H, W] -> HeadOutput (float32)."""
@@ -191,15 +177,10 @@ class Predictor:
     def postprocess(self, out: HeadOutput, metas: list[ImageMeta],
                     score_thr: float | None = None) -> list[dict[str, Any]]:
         """Scoring, NMS and masks at the original size; CPU tensors plus class_names per detection."""
-        with self._light_stage():
-            results = postprocess(out, metas, self.cfg.test, self.cfg.head.strides, self.cfg.head.grid, score_thr,
-                                  self.model.head.rescoring)
-        finished = []
+        results = self.model.postprocess(out, metas, score_thr)
         for r in results:
-            r = {k: v.cpu() for k, v in r.items()}
             r["class_names"] = [self.class_names[int(i)] for i in r["labels"]]
-            finished.append(r)
-        return finished
+        return results
 
     # ------------------------------------------------------------------ calls
     @torch.inference_mode()
@@ -243,24 +224,6 @@ def to_coco_results(
 
     tensors = {k: v for k, v in result.items() if isinstance(v, Tensor)}
     return result_to_coco(tensors, image_id, category_ids, box_plus_one)
-
-
-@contextmanager
-def _intra_op_threads(count: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to `count` inside the block (None: unchanged)."""
-    before = torch.get_num_threads()
-    if count is None or count == before:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _to_float(out: HeadOutput) -> HeadOutput:
-    return HeadOutput(*([t.float() for t in group] for group in out[:4]), out.basis.float())
 
 
 __all__ = ["Predictor", "to_coco_results", "load_image", "resolve_device"]

@@ -6,10 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-try:  # the fast CPU path, numerically equal to torchvision's kernel
-    from sipmask.ops.deform_conv import deform_conv2d
-except ImportError:  # pragma: no cover - until the op exists
-    from torchvision.ops import deform_conv2d
+from sipmask.ops.deform_conv import Workspace, deform_conv2d  # torchvision's semantics; the fast CPU path
 
 
 class DeformConv(nn.Module):
@@ -21,10 +18,12 @@ class DeformConv(nn.Module):
         self.stride, self.padding = stride, padding
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.workspace = Workspace()  # scratch memory of the CPU inference path, reused across calls
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def forward(self, x: Tensor, offset: Tensor) -> Tensor:
-        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding)
+        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                             workspace=self.workspace)
 
 
 class DeformConvPack(DeformConv):

@@ -1,6 +1,7 @@
 """SipMask: preprocess -> ResNet -> FPN -> SipMask head; losses in training, detections with masks in inference."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import numpy as np
@@ -64,11 +65,92 @@ class SipMask(nn.Module):
             masks.append(t["masks"].to(self.device))
         return self.criterion(out, boxes, labels, masks, self.head.rescoring)
 
+    # ------------------------------------------------------------------ inference
+    # The stages below are the one inference path: `predict` runs them on the model as it is, the
+    # Predictor (and `sipmask bench`, which times them one by one) on a copy made by `for_inference`.
+    def for_inference(
+        self,
+        device: str | torch.device | None = None,
+        channels_last: bool | None = None,
+        half: bool = False,
+        inplace: bool = False,
+    ) -> "SipMask":
+        """This model set up for inference: eval mode, on `device` (default: where it is), channels-last
+        weights (None: on the CPU, where oneDNN runs these convs faster; off on CUDA) and, with `half`,
+        a float16 network (CUDA; the mask re-scoring stays float32, it runs in the postprocess).
+
+        By default a copy is returned (parameters without .grad) and this model stays as it was (device,
+        memory format, dtype, training mode); inplace=True converts this model itself and returns it.
+        """
+        device = torch.device(device) if device is not None else self.device
+        if half and device.type != "cuda":
+            raise ValueError("half precision is a CUDA option (float16 convs are slow or missing on the CPU)")
+        model = self if inplace else copy.deepcopy(self)  # (parameters are copied without their .grad)
+        model = model.to(device).eval()
+        if channels_last is None:
+            channels_last = device.type == "cpu"
+        model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        if half:
+            for part in (model.backbone, model.neck, model.head):
+                part.half()
+            if model.head.rescoring is not None:
+                model.head.rescoring.float()
+        return model
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the network's weights are channels-last (the stem conv's layout stands for all)."""
+        weight = self.backbone.conv1.weight
+        return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+    @property
+    def network_dtype(self) -> torch.dtype:
+        """float32, or float16 after `for_inference(half=True)`."""
+        return self.backbone.conv1.weight.dtype
+
+    def preprocess(self, arrays: Sequence[np.ndarray]) -> tuple[Tensor, list[ImageMeta]]:
+        """HxWx3 uint8 RGB arrays -> (normalised padded float32 batch [B, 3, H, W], one ImageMeta per image).
+
+        The batch is channels-last in memory when the network's weights are (see `for_inference`).
+        """
+        prepared = [prepare_test_image(a, self.cfg.input, self.device) for a in arrays]
+        batch = self.batch_images([p[0] for p in prepared])
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch, [p[1] for p in prepared]
+
+    def network_features(self, batch: Tensor) -> list[Tensor]:
+        """Backbone + FPN in the network's dtype: float32 batch [B, 3, H, W] -> P3..P7."""
+        return self.features(batch.to(self.network_dtype))
+
+    def network_head(self, feats: list[Tensor]) -> HeadOutput:
+        """The SipMask head on the FPN levels -> HeadOutput in float32 (whatever the network's dtype)."""
+        out = self.head(feats)
+        if self.network_dtype == torch.float32:
+            return out
+        return HeadOutput(*([t.float() for t in group] for group in out[:4]), out.basis.float())
+
+    def network(self, batch: Tensor) -> HeadOutput:
+        """Backbone + FPN + head: float32 batch [B, 3, H, W] -> float32 HeadOutput."""
+        return self.network_head(self.network_features(batch))
+
+    def postprocess(self, out: HeadOutput, metas: Sequence[ImageMeta],
+                    score_thr: float | None = None) -> list[dict[str, Tensor]]:
+        """Scoring, NMS and masks at each original image size: per image CPU tensors boxes float32 [N, 4],
+        scores float32 [N], labels int64 [N], masks bool [N, H, W] (mask_scores [N] for SipMask++)."""
+        results = postprocess(out, list(metas), self.cfg.test, self.cfg.head.strides, self.cfg.head.grid,
+                              score_thr, self.head.rescoring)
+        return [{k: v.cpu() for k, v in r.items()} for r in results]
+
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray] | np.ndarray, score_thr: float | None = None) -> list[dict[str, Tensor]]:
         """Segment images: a list of HxWx3 uint8 RGB arrays (HxW gray, HxWx1, RGBA and uint16 are
         converted). Returns per image CPU tensors boxes float32 [N, 4] (x1, y1, x2, y2, original
-        pixels), scores float32 [N], labels int64 [N] (0-based), masks bool [N, H, W]."""
+        pixels), scores float32 [N], labels int64 [N] (0-based), masks bool [N, H, W].
+
+        Runs the model as it is (device, layout, dtype); `for_inference` gives a copy with the speed
+        options (channels-last on the CPU), which is what the Predictor and evaluation run.
+        """
         if isinstance(images, np.ndarray):
             images = [images]
         arrays = []
@@ -80,16 +162,10 @@ class SipMask(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            prepared = [prepare_test_image(a, self.cfg.input, self.device) for a in arrays]
-            tensors = [p[0] for p in prepared]
-            metas: list[ImageMeta] = [p[1] for p in prepared]
-            out = self.head(self.features(self.batch_images(tensors)))
-            results = postprocess(
-                out, metas, self.cfg.test, self.cfg.head.strides, self.cfg.head.grid, score_thr, self.head.rescoring
-            )
+            batch, metas = self.preprocess(arrays)
+            return self.postprocess(self.network(batch), metas, score_thr)
         finally:
             self.train(was_training)
-        return [{k: v.cpu() for k, v in r.items()} for r in results]
 
 
 def build_model(name: str | SipMaskConfig, num_classes: int | None = None, **overrides: Any) -> SipMask:

@@ -10,17 +10,8 @@ from PIL import Image
 from torch import Tensor
 
 from sipmask.config import InputConfig
+from sipmask.data.transforms import rescale_size
 from sipmask.model.postprocess import ImageMeta
-
-
-def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[tuple[int, int], float]:
-    """Keep-ratio size as mmcv.imrescale: factor min(long/long_edge, short/short_edge), sizes rounded half up.
-
-    scale: (long, short) limits -> ((new_h, new_w), factor).
-    """
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return (max(int(height * factor + 0.5), 1), max(int(width * factor + 0.5), 1)), factor
 
 
 def truncated_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Deformable convolution (DCN v1/v2): a fast pure-PyTorch CPU path equal to torchvision's kernel.
 
-`torchvision.ops.deform_conv2d` is used on CUDA and whenever the model is being exported or traced
-(the dynamo ONNX exporter maps it to ONNX `DeformConv`, opset 19+). On CPU, torchvision's kernel
+`torchvision.ops.deform_conv2d` is used on CUDA and whenever the call is being compiled, traced or
+exported (torch.compile, torch.jit.trace, the dynamo ONNX exporter, which maps it to ONNX
+`DeformConv`, opset 19+). On CPU, torchvision's kernel
 costs about 10x a plain conv of the same shape; this module computes the same function as
 
 1. a fused bilinear gather: `F.embedding_bag(mode="sum")` reads the 4 corner rows (channels-last,
@@ -13,6 +14,11 @@ costs about 10x a plain conv of the same shape; this module computes the same fu
    ordinary 3x3 conv of the same shape.
 
 Large maps go through both steps a block of output rows at a time (bounded temporary memory).
+A call changes no process-wide state (thread count, allocator settings); the per-shape index
+constants are cached (`_tap_grid`), and the inference path gathers every block into one buffer with
+the private out= form of embedding_bag, or with the public op where that is missing. A layer owns a
+`Workspace`: its input table and gather buffer are reused across calls instead of being mapped and
+page-faulted in afresh each time (thread-safe: a call holds its buffers until it returns).
 Both are differentiable (w.r.t. input, offset, mask, weight, bias) with native backward kernels
 (forward + backward at 68x68, 256 channels, one thread: about 2.5x a plain conv's, torchvision 13x).
 Bilinear sampling uses zero padding and `floor`, exactly as torchvision's kernel: a sample point
@@ -21,10 +27,9 @@ the offset gradient at an exactly integer point is the one-sided (right) differe
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Iterator
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +37,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-__all__ = ["DeformConv2d", "deform_conv2d"]
+__all__ = ["DeformConv2d", "Workspace", "deform_conv2d"]
 
 #: dtypes the pure-PyTorch path handles (embedding_bag + oneDNN conv); others go to torchvision.
 _NATIVE_DTYPES = (torch.float32, torch.float64)
@@ -42,41 +47,39 @@ _BLOCK_BYTES = 16 << 20
 #: Gathered values per block from which the inference path reuses one buffer (below, the
 #: out= call's fixed cost outweighs what a fresh small allocation costs).
 _OUT_MIN = 1 << 18
+#: Buffers a `Workspace` keeps: a call uses two (input table, gather buffer), so up to 4 threads
+#: calling one layer at once reuse memory (more still work, with fresh buffers).
+_WORKSPACE_BUFFERS = 8
 #: Zero rows/columns around the input table: the low corner is clamped to [-2, size], so both
 #: corners of any sample lie in [-2, size + 1] and need no per-corner bounds check.
 _BORDER = 2
 
 
+def _is_compiling() -> bool:
+    """torch.compile (dynamo) is tracing this call (torch.compiler.is_compiling from torch 2.3 on)."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    if check is None:  # torch 2.2
+        from torch import _dynamo
+
+        check = _dynamo.is_compiling
+    return check()
+
+
+def _is_exporting() -> bool:
+    """torch.export is tracing this call (torch.compiler.is_exporting from torch 2.3 on)."""
+    check = getattr(torch.compiler, "is_exporting", None)
+    return check is not None and check()
+
+
 def _use_torchvision(input: Tensor) -> bool:
-    """True where torchvision's own kernel must (CUDA, export, tracing) or should run."""
+    """True where torchvision's own kernel must run: CUDA, other dtypes, and whenever the call is being
+    compiled (torch.compile), scripted, traced or exported, so that the graph holds the one op that
+    compiles and maps to ONNX `DeformConv` (and the per-shape caches below are never traced)."""
     if input.device.type != "cpu" or input.dtype not in _NATIVE_DTYPES:
         return True
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return True
-    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.3
-    if (is_exporting is not None and is_exporting()) or torch.onnx.is_in_onnx_export():
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run the enclosed ops on one intra-op thread, then restore the thread count.
-
-    The index arithmetic is a series of small, memory-bound elementwise ops; on 2 threads each one
-    ends in a barrier, and on a busy machine a preempted thread stalls every barrier (measured at
-    68x68 under load: 205 ms on 2 threads, 11 ms on one). The thread count is process-wide, so
-    torch ops run meanwhile from other Python threads also get one thread for that moment.
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return _is_compiling() or _is_exporting()
 
 
 def deform_conv2d(
@@ -88,6 +91,8 @@ def deform_conv2d(
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
     mask: Tensor | None = None,
+    *,
+    workspace: "Workspace | None" = None,
 ) -> Tensor:
     """Deformable conv with the semantics of `torchvision.ops.deform_conv2d`.
 
@@ -98,6 +103,8 @@ def deform_conv2d(
         weight: [O, C/groups, kh, kw] (conv groups are inferred as C // weight.shape[1]).
         bias: [O] or None.
         mask: [B, G*kh*kw, Ho, Wo] modulation (DCN v2) or None (DCN v1).
+        workspace: scratch memory reused across calls by the CPU inference path (a layer owns one,
+            see `Workspace`); None: fresh memory each call.
     Returns:
         [B, O, Ho, Wo], channels-last in memory when the input is (like F.conv2d).
     """
@@ -106,7 +113,8 @@ def deform_conv2d(
             input, offset, weight, bias, stride=_pair(stride), padding=_pair(padding),
             dilation=_pair(dilation), mask=mask,
         )
-    return _deform_conv2d_cpu(input, offset, weight, bias, _pair(stride), _pair(padding), _pair(dilation), mask)
+    return _deform_conv2d_cpu(input, offset, weight, bias, _pair(stride), _pair(padding), _pair(dilation), mask,
+                              workspace)
 
 
 def _deform_conv2d_cpu(
@@ -118,6 +126,7 @@ def _deform_conv2d_cpu(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     mask: Tensor | None,
+    workspace: "Workspace | None" = None,
 ) -> Tensor:
     """The embedding_bag gather + strided conv path; argument contract as `deform_conv2d`."""
     batch, channels, height, width = input.shape
@@ -142,13 +151,20 @@ def _deform_conv2d_cpu(
     # Channels-last table with a zero border: row (b, y+2, x+2, g) holds the C/G channels of group g
     # at pixel (y, x); corners outside the image land on the zero border, which gives torchvision's
     # zero padding (value and gradients) without any masking.
-    padded = input.new_empty(batch, height + 2 * _BORDER, width + 2 * _BORDER, channels)
+    table_shape = (batch, height + 2 * _BORDER, width + 2 * _BORDER, channels)
+    inference = not (torch.is_grad_enabled() and (input.requires_grad or offset.requires_grad
+                                                  or (mask is not None and mask.requires_grad)))
+    taken: list[Tensor] = []  # flat workspace buffers this call holds (given back at its end)
+    if workspace is not None and inference:
+        taken.append(workspace.take(math.prod(table_shape), input.dtype, input.device))
+        padded = taken[-1][: math.prod(table_shape)].view(table_shape)
+    else:
+        padded = input.new_empty(table_shape)
     padded[:, :_BORDER].zero_(), padded[:, -_BORDER:].zero_()  # only the border is zero-filled
     padded[:, _BORDER:-_BORDER, :_BORDER].zero_(), padded[:, _BORDER:-_BORDER, -_BORDER:].zero_()
     padded[:, _BORDER:-_BORDER, _BORDER:-_BORDER] = input.permute(0, 2, 3, 1)
     rows = padded.view(-1, channels // groups)  # [B*(H+4)*(W+4)*G, C/G]
-    with _one_thread():  # ~20 cheap elementwise ops: not worth a thread barrier each
-        index, sample_weight = _bilinear_taps(offset, mask, (height, width), (kh, kw), stride, padding, dilation)
+    index, sample_weight = _bilinear_taps(offset, mask, (height, width), (kh, kw), stride, padding, dilation)
     bags_per_row = kh * out_w * kw * groups  # bags (C/G sampled values each) per output row
     index = index.view(batch, out_h, bags_per_row, 4)
     sample_weight = sample_weight.view(batch, out_h, bags_per_row, 4)
@@ -177,10 +193,15 @@ def _deform_conv2d_cpu(
 
     # Without autograd: one gather buffer serves all blocks (one allocation per call), and each
     # block's conv result is copied straight into the output (no cat, no final copy).
-    _prime_allocator()
     block_rows = min(rows_per_block, out_h) * bags_per_row
     # (small blocks: the plain call is faster than the out= variant and its memory is cheap)
-    buffer = rows.new_empty(block_rows, channels // groups) if block_rows * rows.shape[1] >= _OUT_MIN else None
+    buffer = None
+    if block_rows * rows.shape[1] >= _OUT_MIN:
+        if workspace is not None:
+            taken.append(workspace.take(block_rows * rows.shape[1], rows.dtype, rows.device))
+            buffer = taken[-1][: block_rows * rows.shape[1]].view(block_rows, rows.shape[1])
+        else:
+            buffer = rows.new_empty(block_rows, rows.shape[1])
     out = torch.empty(batch, out_channels, out_h, out_w, dtype=input.dtype, device=input.device,
                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     for b in range(batch):
@@ -194,22 +215,50 @@ def _deform_conv2d_cpu(
                 sampled = _gather_into(buffer[: block_index.shape[0]], rows, block_index, block_weight)
             tap_image = sampled.view(1, (bottom - top) * kh, out_w * kw, channels).permute(0, 3, 1, 2)
             out[b:b + 1, :, top:bottom] = F.conv2d(tap_image, weight, bias, stride=(kh, kw), groups=conv_groups)
+    for flat in taken:
+        workspace.give(flat)
     return out
 
 
-@functools.cache
-def _prime_allocator() -> None:
-    """Free one 31 MiB block once, so glibc raises its mmap threshold to it (its dynamic maximum).
+class Workspace:
+    """Scratch memory of one deformable layer, reused by its CPU inference calls (no autograd).
 
-    glibc maps every allocation above the threshold (128 KiB at start) afresh and unmaps it on
-    free, so each call would page-fault its multi-MiB temporaries in again (measured here: about a
-    quarter of the op's time at 68x68). Freeing a mapped block raises the threshold to its size for the rest
-    of the process, which any process handling large tensors reaches sooner or later anyway; this
-    reaches it at the first call. A no-op with other allocators.
+    Each call gathers its tap image into a buffer of up to `_BLOCK_BYTES`; allocating it afresh makes
+    the system map and page-fault those megabytes in again on every call. A layer that owns a
+    Workspace takes a buffer out for the call and puts it back after: calls from several threads at
+    once each hold their own buffer (never shared while in use), and at most `_WORKSPACE_BUFFERS` are
+    kept. Copies (deepcopy, pickling) start empty; nothing of it is in a state_dict.
     """
-    with torch.inference_mode(False):
-        block = torch.empty(31 << 20, dtype=torch.uint8)
-        del block
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[Tensor] = []
+
+    def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A flat buffer of at least `numel` elements, owned by the caller until `give`."""
+        with self._lock:
+            fitting = [i for i, b in enumerate(self._free) if b.dtype == dtype and b.device == device
+                       and b.numel() >= numel]
+            if fitting:  # the smallest that fits: the larger ones stay for the larger needs
+                return self._free.pop(min(fitting, key=lambda i: self._free[i].numel()))
+        with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+            return torch.empty(numel, dtype=dtype, device=device)
+
+    def give(self, buffer: Tensor) -> None:
+        """Return a flat buffer from `take` for later calls; the smallest is dropped when too many are kept."""
+        with self._lock:
+            self._free.append(buffer)
+            if len(self._free) > _WORKSPACE_BUFFERS:
+                self._free.remove(min(self._free, key=lambda t: t.numel()))
+
+    def __deepcopy__(self, memo: dict) -> "Workspace":
+        return Workspace()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
 
 
 @functools.lru_cache(maxsize=64)
@@ -251,16 +300,37 @@ def _bag_starts(count: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.arange(0, 4 * count, 4, dtype=dtype, device=device)
 
 
-def _gather_into(out: Tensor, rows: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-    """`F.embedding_bag(index, rows, mode="sum", per_sample_weights=weight)`, written into `out`.
+def _private_gather_op():
+    """`aten::_embedding_bag_forward_only.out`, the out= form of embedding_bag's inference kernel, or None.
 
-    No autograd. Args: out [N, C/G], rows [R, C/G], index int [N, 4], weight [N, 4]. Returns `out`.
+    A private op (no stability promise): where a torch build lacks it or it rejects a call,
+    `_gather_into` falls back to the public `F.embedding_bag` into a fresh tensor (same values).
     """
-    torch.ops.aten._embedding_bag_forward_only.out(
-        rows, index.view(-1), _bag_starts(index.shape[0], index.dtype, index.device), False, 0, False,
-        weight.view(-1), False, -1, out0=out, out1=index.new_empty(0), out2=index.new_empty(0),
-        out3=index.new_empty(0))
-    return out
+    try:
+        return torch.ops.aten._embedding_bag_forward_only.out
+    except (AttributeError, RuntimeError):
+        return None
+
+
+#: The private out= gather (see `_private_gather_op`); None: every gather takes the public path.
+_GATHER_OUT = _private_gather_op()
+
+
+def _gather_into(out: Tensor, rows: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+    """`F.embedding_bag(index, rows, mode="sum", per_sample_weights=weight)`, written into `out` where it can.
+
+    No autograd. Args: out [N, C/G], rows [R, C/G], index int [N, 4], weight [N, 4]. Returns [N, C/G]:
+    `out` itself, or a fresh tensor where the private out= op is missing or fails.
+    """
+    if _GATHER_OUT is not None:
+        try:
+            _GATHER_OUT(rows, index.view(-1), _bag_starts(index.shape[0], index.dtype, index.device), False, 0,
+                        False, weight.view(-1), False, -1, out0=out, out1=index.new_empty(0),
+                        out2=index.new_empty(0), out3=index.new_empty(0))
+            return out
+        except (RuntimeError, TypeError):  # a changed private signature or kernel: the public op below
+            pass
+    return F.embedding_bag(index, rows, mode="sum", per_sample_weights=weight)
 
 
 def _bilinear_taps(
@@ -351,6 +421,7 @@ class DeformConv2d(nn.Module):
         # per call; state_dict keys and shapes are the usual ones, loading keeps this layout).
         self.weight = nn.Parameter(torch.empty(out_channels, kh, kw, in_channels).permute(0, 3, 1, 2))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.workspace = Workspace()  # scratch memory of the CPU inference path
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -366,7 +437,8 @@ class DeformConv2d(nn.Module):
         if offset.shape[1] != expected:
             raise ValueError(f"offset has {offset.shape[1]} channels, expected {expected} "
                              f"(2 * {self.offset_groups} groups * kernel taps)")
-        return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
+        return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask,
+                             workspace=self.workspace)
 
     def extra_repr(self) -> str:
         out_channels, in_channels, kh, kw = self.weight.shape
