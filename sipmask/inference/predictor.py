@@ -82,6 +82,9 @@ class Predictor:
             pre- and postprocess ops waits for a descheduled thread). Calls never change it.
         copy_model: False lets the Predictor convert `model` in place instead of copying it (for a
             model nobody else holds; `from_checkpoint` does this).
+        serial_postprocess: None = on the CPU: the postprocess runs on one worker thread whose OpenMP
+            team is one thread (`sipmask.ops.one_thread`; faster for its many small ops, and the
+            process's thread count stays as it is); False runs it on the calling thread.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Predictor:
         compile: bool = False,
         threads: int | None = None,
         copy_model: bool = True,
+        serial_postprocess: bool | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -116,7 +120,8 @@ class Predictor:
             torch.set_num_threads(threads)  # once, by request (see the docstring)
         self.backend = backend
         self.half = half
-        self.model = model.for_inference(self.device, channels_last, half, inplace=not copy_model)
+        self.model = model.for_inference(self.device, channels_last, half, inplace=not copy_model,
+                                         serial_postprocess=serial_postprocess)
         self.channels_last = self.model.channels_last
         self._session = None
         if backend == "onnxruntime":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from sipmask.model.fpn import FPN
 from sipmask.model.head import HeadOutput, SipMaskHead
 from sipmask.model.preprocess import normalise_and_pad, prepare_test_image
 from sipmask.model.criterion import SipMaskCriterion
+from sipmask.ops.one_thread import run_on_one_thread
 
 
 class SipMask(nn.Module):
@@ -30,6 +31,8 @@ class SipMask(nn.Module):
         self.criterion = SipMaskCriterion(cfg.head, cfg.loss)
         self.register_buffer("pixel_mean", torch.tensor(cfg.input.pixel_mean), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.input.pixel_std), persistent=False)
+        #: Postprocess on the one-thread worker (set by `for_inference`; plain `predict` runs inline).
+        self.serial_postprocess = False
 
     @property
     def device(self) -> torch.device:
@@ -74,10 +77,15 @@ class SipMask(nn.Module):
         channels_last: bool | None = None,
         half: bool = False,
         inplace: bool = False,
+        serial_postprocess: bool | None = None,
     ) -> "SipMask":
         """This model set up for inference: eval mode, on `device` (default: where it is), channels-last
         weights (None: on the CPU, where oneDNN runs these convs faster; off on CUDA) and, with `half`,
         a float16 network (CUDA; the mask re-scoring stays float32, it runs in the postprocess).
+
+        serial_postprocess (None: on the CPU) runs the postprocess on a worker thread whose OpenMP team is
+        one thread (`sipmask.ops.one_thread`: its many small ops lose more to intra-op barriers than
+        they gain; the process's thread count is left alone).
 
         By default a copy is returned (parameters without .grad) and this model stays as it was (device,
         memory format, dtype, training mode); inplace=True converts this model itself and returns it.
@@ -90,6 +98,7 @@ class SipMask(nn.Module):
         if channels_last is None:
             channels_last = device.type == "cpu"
         model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        model.serial_postprocess = device.type == "cpu" if serial_postprocess is None else serial_postprocess
         if half:
             for part in (model.backbone, model.neck, model.head):
                 part.half()
@@ -138,8 +147,9 @@ class SipMask(nn.Module):
                     score_thr: float | None = None) -> list[dict[str, Tensor]]:
         """Scoring, NMS and masks at each original image size: per image CPU tensors boxes float32 [N, 4],
         scores float32 [N], labels int64 [N], masks bool [N, H, W] (mask_scores [N] for SipMask++)."""
-        results = postprocess(out, list(metas), self.cfg.test, self.cfg.head.strides, self.cfg.head.grid,
-                              score_thr, self.head.rescoring)
+        run = run_on_one_thread if self.serial_postprocess and self.device.type == "cpu" else _call
+        results = run(postprocess, out, list(metas), self.cfg.test, self.cfg.head.strides, self.cfg.head.grid,
+                      score_thr, self.head.rescoring)
         return [{k: v.cpu() for k, v in r.items()} for r in results]
 
     @torch.no_grad()
@@ -166,6 +176,10 @@ class SipMask(nn.Module):
             return self.postprocess(self.network(batch), metas, score_thr)
         finally:
             self.train(was_training)
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 def build_model(name: str | SipMaskConfig, num_classes: int | None = None, **overrides: Any) -> SipMask:

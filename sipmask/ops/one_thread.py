@@ -1,0 +1,90 @@
+"""A worker thread whose OpenMP team is one thread, for stages of many small ops (the postprocess).
+
+Each of torch's intra-op parallel ops pays a fork/join barrier; for the postprocess's ~300 small ops
+on a few cores that costs more than it saves (measured on 2 cores, Intel Xeon, real-time R50 at 544:
+postprocess 57-70 ms with 2 threads, 50-60 ms with one). `torch.set_num_threads` would change the
+whole process (and racing calls could leave it changed), so instead one worker thread is started
+once per process and its own OpenMP thread count, a per-thread setting of the OpenMP runtime that
+torch loaded, is set to 1. Every other thread keeps torch's thread count.
+
+Where no OpenMP runtime can be found (not Linux, or a torch build without OpenMP), `run` calls the
+function on the caller's thread, unchanged.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+import torch
+
+__all__ = ["openmp_runtime", "run_on_one_thread"]
+
+T = TypeVar("T")
+
+#: Shared-library names of the OpenMP runtimes torch builds link (GNU, Intel, LLVM).
+OPENMP_LIBRARIES = ("libgomp", "libiomp5", "libomp")
+
+_THREAD_NAME = "sipmask-one-thread"
+_lock = threading.Lock()
+_worker: ThreadPoolExecutor | None = None
+_runtime: Any = None
+_runtime_searched = False
+
+
+def openmp_runtime() -> Any:
+    """The OpenMP runtime loaded in this process (a ctypes library with omp_set_num_threads), or None."""
+    global _runtime, _runtime_searched
+    if _runtime_searched:
+        return _runtime
+    _runtime_searched = True
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith(OPENMP_LIBRARIES) and ".so" in name:
+            try:
+                library = ctypes.CDLL(path)  # already loaded: the same handle, no second copy
+                library.omp_set_num_threads.argtypes = [ctypes.c_int]
+            except (OSError, AttributeError):
+                continue
+            _runtime = library
+            break
+    return _runtime
+
+
+def _start_one_thread_team() -> None:
+    """Worker initialiser: torch's per-thread set-up first (it sets the OpenMP count from torch's
+    global one on a thread's first use), then this thread's OpenMP team to one thread."""
+    torch.get_num_threads()
+    openmp_runtime().omp_set_num_threads(1)
+
+
+def _shared_worker() -> ThreadPoolExecutor | None:
+    global _worker
+    if openmp_runtime() is None:
+        return None
+    with _lock:
+        if _worker is None:
+            _worker = ThreadPoolExecutor(1, thread_name_prefix=_THREAD_NAME,
+                                         initializer=_start_one_thread_team)
+    return _worker
+
+
+def run_on_one_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """fn(*args, **kwargs) on the process's one-thread worker, with the caller's grad / inference mode
+    (both are per-thread in torch); exceptions reach the caller. Calls from several threads queue."""
+    worker = _shared_worker()
+    if worker is None or threading.current_thread().name.startswith(_THREAD_NAME):  # (no nesting deadlock)
+        return fn(*args, **kwargs)
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def call() -> T:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return fn(*args, **kwargs)
+
+    return worker.submit(call).result()
