@@ -54,8 +54,10 @@ def _eval(ckpt: Path, images: Path, ann: Path, out: Path, *extra: str) -> dict:
 
 
 def _own_outputs(ckpt: Path, images: Path) -> dict[int, dict[str, torch.Tensor]]:
-    """The model's own detections per image id, as `model.predict` returns them."""
+    """The model's own detections per image id, as `model.predict` returns them on the copy evaluation
+    runs (`for_inference`: channels-last on the CPU, whose float sums may differ in the last bits)."""
     model, _ = load_checkpoint(ckpt)
+    model = model.for_inference()
     return {i: model.predict([read_image(images / f"{i}.png")], score_thr=0.0)[0] for i in range(1, len(SIZES) + 1)}
 
 
@@ -148,3 +150,24 @@ def test_predict_json_carries_both_scores(rescoring_run, tmp_path):
     assert [e["mask_score"] for e in entries] == pytest.approx(own[1]["mask_scores"].tolist(), abs=1e-5)
     np.testing.assert_allclose([e["bbox"] for e in entries], [_modern_xywh(b) for b in own[1]["boxes"].tolist()],
                                atol=6e-4, rtol=0)
+
+
+def test_converted_sipmask_pp_checkpoint_writes_official_boxes_and_rescored_mask_scores(tmp_path):
+    """Acceptance on a converted official SipMask++ file (random weights): `eval --results-out` writes
+    "+1" box widths, the detection score in the box results and q x detection score in the mask results."""
+    torch.save(make_fake_official_checkpoint("mmdet", "mm_pp_r101_dcn_ssd_6x", seed=2), tmp_path / "official.pth")
+    ckpt = tmp_path / "converted.pth"
+    assert cli.main(["convert", "--input", str(tmp_path / "official.pth"), "--out", str(ckpt)]) == 0
+    _, meta = load_checkpoint(ckpt)
+    assert meta["preset"] == "mm_pp_r101_dcn_ssd_6x" and meta["config"]["head"]["mask_rescoring"]
+    images, ann = _dataset(tmp_path / "data", [c["id"] for c in meta["classes"]])
+    written = _eval(ckpt, images, ann, tmp_path)
+    own = _own_outputs(ckpt, images)
+    boxes = [_official_xywh(b) for i in sorted(own) for b in own[i]["boxes"].double().tolist()]
+    scores = [s for i in sorted(own) for s in own[i]["scores"].tolist()]
+    mask_scores = [s for i in sorted(own) for s in own[i]["mask_scores"].tolist()]
+    assert len(boxes) > 0 and len(written["bbox"]) == len(written["segm"]) == len(boxes)
+    np.testing.assert_allclose([e["bbox"] for e in written["segm"]], boxes, atol=6e-4, rtol=0)
+    assert [e["score"] for e in written["bbox"]] == pytest.approx(scores, abs=1e-5)
+    assert [e["score"] for e in written["segm"]] == pytest.approx(mask_scores, abs=1e-5)
+    assert not np.allclose(scores, mask_scores, atol=1e-4)  # the two files differ where the official ones do
