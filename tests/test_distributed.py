@@ -209,3 +209,23 @@ def test_error_in_one_rank_ends_every_rank_promptly_with_its_message(runs, tmp_p
     assert seconds < PROMPT_S, (seconds, err[-3000:])
     assert f"rank 1: {bad}: not an image file" in err, err[-3000:]
     assert "[rank0]: Traceback" not in err and "[rank1]: Traceback" not in err, err[-3000:]
+
+
+def test_error_in_one_rank_ends_a_sharded_evaluation_promptly_with_its_message(runs, tmp_path):
+    """eval under torchrun: rank 1's first image (sorted index 1: images go to rank i % 2) is corrupt
+    while rank 0 evaluates its share and then waits to gather the results; the job ends at once."""
+    root, data = runs
+    images = tmp_path / "val"
+    images.mkdir()
+    for path in Path(data["val_images"]).iterdir():
+        (images / path.name).write_bytes(path.read_bytes())
+    ann = json.loads(Path(data["val_ann"]).read_text())
+    bad = images / sorted(ann["images"], key=lambda im: im["id"])[1]["file_name"]
+    bad.write_bytes(b"not an image")
+    code, err, seconds = _run([*TORCHRUN, "-m", "sipmask", "eval", "--checkpoint", str(root / "ddp" / "last.pth"),
+                               "--images", str(images), "--ann", str(data["val_ann"]), "--no-progress",
+                               "--device", "cpu"], timeout=PROMPT_S * 3)
+    assert code != 0
+    assert seconds < PROMPT_S, (seconds, err[-3000:])
+    assert f"rank 1: {bad}: not an image file" in err, err[-3000:]
+    assert "[rank0]: Traceback" not in err and "[rank1]: Traceback" not in err, err[-3000:]

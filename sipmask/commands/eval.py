@@ -62,16 +62,17 @@ def run(args: argparse.Namespace) -> int:
     from sipmask.data.json_files import write_json
     from sipmask.evaluation.coco_eval import evaluate_model
     from sipmask.checkpoint import load_checkpoint
-    from sipmask.distributed import init_distributed, shutdown
+    from sipmask.distributed import end_all_ranks_on_error, init_distributed, shutdown
 
     load_coco_ground_truth(args.ann)  # fail at once on a bad file or an annotation that cannot be scored
     ctx = init_distributed(args.device)
     try:
-        model, state = load_checkpoint(args.checkpoint, ctx.device)  # ours or an official file
-        cat_ids = [c["id"] for c in state["classes"]]
-        metrics = evaluate_model(
-            model, args.images, args.ann, cat_ids, ctx, args.results_out, args.progress, args.score_thr
-        )
+        with end_all_ranks_on_error(ctx):  # under torchrun: one process's error ends the job at once
+            model, state = load_checkpoint(args.checkpoint, ctx.device)  # ours or an official file
+            cat_ids = [c["id"] for c in state["classes"]]
+            metrics = evaluate_model(
+                model, args.images, args.ann, cat_ids, ctx, args.results_out, args.progress, args.score_thr
+            )
     finally:
         shutdown(ctx)
     if metrics is None:  # not rank 0
