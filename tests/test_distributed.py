@@ -190,42 +190,44 @@ def test_ddp_checkpoint_evaluates_like_one_process(runs, tmp_path):
 PROMPT_S = 60
 
 
-def test_error_in_one_rank_ends_every_rank_promptly_with_its_message(runs, tmp_path):
-    """Rank 1 meets a corrupt image (--strict) in iteration 2 while rank 0 waits for it in the
-    gradient all-reduce: the job ends at once, with rank 1's message and no traceback of ours."""
-    _, data = runs
-    images = tmp_path / "train"
-    images.mkdir()
-    for path in Path(data["train_images"]).iterdir():
-        (images / path.name).write_bytes(path.read_bytes())
-    ann = json.loads(Path(data["train_ann"]).read_text())
-    sampler = TrainBatchSampler(len(ann["images"]), TOTAL_BATCH, 3, SEED, 0, rank=1, world_size=2)
-    index = list(sampler)[1][0][0]  # rank 1's first image of iteration 2
-    bad = images / ann["images"][index]["file_name"]
+def _copy_with_corrupt_image(source: Path, folder: Path, image: dict) -> tuple[Path, Path]:
+    """A copy of the image folder in which `image` (a COCO images entry) is not an image: (folder, that file)."""
+    folder.mkdir()
+    for path in source.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    bad = folder / image["file_name"]
     bad.write_bytes(b"not an image")
-    args = _train_args({"train_images": images, "train_ann": data["train_ann"]}, 3, "--strict")
-    code, err, seconds = _run([*TORCHRUN, *args, "--out", str(tmp_path / "run")], timeout=PROMPT_S * 3)
+    return folder, bad
+
+
+def _assert_ends_promptly_with_rank_1_message(cmd: list[str], bad: Path) -> None:
+    """The torchrun job fails within PROMPT_S with rank 1's one-line message and no traceback of ours."""
+    code, err, seconds = _run(cmd, timeout=PROMPT_S * 3)
     assert code != 0
     assert seconds < PROMPT_S, (seconds, err[-3000:])
     assert f"rank 1: {bad}: not an image file" in err, err[-3000:]
     assert "[rank0]: Traceback" not in err and "[rank1]: Traceback" not in err, err[-3000:]
+
+
+def test_error_in_one_rank_ends_every_rank_promptly_with_its_message(runs, tmp_path):
+    """Rank 1 meets a corrupt image (--strict) in iteration 2 while rank 0 waits for it in the
+    gradient all-reduce: the job ends at once, with rank 1's message and no traceback of ours."""
+    _, data = runs
+    ann = json.loads(Path(data["train_ann"]).read_text())
+    sampler = TrainBatchSampler(len(ann["images"]), TOTAL_BATCH, 3, SEED, 0, rank=1, world_size=2)
+    index = list(sampler)[1][0][0]  # rank 1's first image of iteration 2
+    images, bad = _copy_with_corrupt_image(Path(data["train_images"]), tmp_path / "train", ann["images"][index])
+    args = _train_args({"train_images": images, "train_ann": data["train_ann"]}, 3, "--strict")
+    _assert_ends_promptly_with_rank_1_message([*TORCHRUN, *args, "--out", str(tmp_path / "run")], bad)
 
 
 def test_error_in_one_rank_ends_a_sharded_evaluation_promptly_with_its_message(runs, tmp_path):
     """eval under torchrun: rank 1's first image (sorted index 1: images go to rank i % 2) is corrupt
     while rank 0 evaluates its share and then waits to gather the results; the job ends at once."""
     root, data = runs
-    images = tmp_path / "val"
-    images.mkdir()
-    for path in Path(data["val_images"]).iterdir():
-        (images / path.name).write_bytes(path.read_bytes())
     ann = json.loads(Path(data["val_ann"]).read_text())
-    bad = images / sorted(ann["images"], key=lambda im: im["id"])[1]["file_name"]
-    bad.write_bytes(b"not an image")
-    code, err, seconds = _run([*TORCHRUN, "-m", "sipmask", "eval", "--checkpoint", str(root / "ddp" / "last.pth"),
-                               "--images", str(images), "--ann", str(data["val_ann"]), "--no-progress",
-                               "--device", "cpu"], timeout=PROMPT_S * 3)
-    assert code != 0
-    assert seconds < PROMPT_S, (seconds, err[-3000:])
-    assert f"rank 1: {bad}: not an image file" in err, err[-3000:]
-    assert "[rank0]: Traceback" not in err and "[rank1]: Traceback" not in err, err[-3000:]
+    second = sorted(ann["images"], key=lambda im: im["id"])[1]
+    images, bad = _copy_with_corrupt_image(Path(data["val_images"]), tmp_path / "val", second)
+    _assert_ends_promptly_with_rank_1_message(
+        [*TORCHRUN, "-m", "sipmask", "eval", "--checkpoint", str(root / "ddp" / "last.pth"), "--images", str(images),
+         "--ann", str(data["val_ann"]), "--no-progress", "--device", "cpu"], bad)
