@@ -310,11 +310,17 @@ def _field_value(cfg: SipMaskConfig, path: str) -> Any:
     return value
 
 
+def check_name(path: str, value: Any) -> None:
+    """ConfigError listing the allowed values unless `value` is one of NAME_CHOICES[path] (e.g. "input.augment");
+    for sections used on their own, outside a SipMaskConfig (which checks every name when made)."""
+    allowed = NAME_CHOICES[path]
+    if value not in allowed:
+        raise ConfigError(f"{path} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
 def _validate(cfg: SipMaskConfig) -> None:
-    for path, allowed in NAME_CHOICES.items():
-        value = _field_value(cfg, path)
-        if value not in allowed:
-            raise ConfigError(f"{path} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    for path in NAME_CHOICES:
+        check_name(path, _field_value(cfg, path))
     if cfg.head.grid < 1:
         raise ConfigError(f"head.grid must be >= 1, got {cfg.head.grid}")
     if cfg.head.num_classes < 1:

@@ -131,5 +131,7 @@ def test_photometric_distortion_changes_only_pixels():
 
 
 def test_unknown_augment_is_rejected():
-    with pytest.raises(ValueError, match="augment"):
+    from sipmask.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="input.augment must be one of 'flip', 'ssd'; got 'mosaic'"):
         TrainTransform(replace(get_preset("tiny").input, augment="mosaic"))

@@ -21,7 +21,7 @@ import torchvision.transforms.v2.functional as F
 from torchvision import tv_tensors
 from torchvision.ops import box_iou
 
-from sipmask.config import InputConfig
+from sipmask.config import InputConfig, check_name
 
 #: Horizontal flip probability (official `flip_ratio=0.5`).
 FLIP_PROB = 0.5
@@ -213,8 +213,7 @@ class TrainTransform:
     """The training recipe of a preset's InputConfig: `transform(sample, generator) -> sample`."""
 
     def __init__(self, cfg: InputConfig):
-        if cfg.augment not in ("flip", "ssd"):
-            raise ValueError(f"input.augment must be 'flip' or 'ssd', got {cfg.augment!r}")
+        check_name("input.augment", cfg.augment)
         self.cfg = cfg
         mean = tuple(float(v) for v in cfg.pixel_mean)
         self.fill_rgb = mean[::-1] if cfg.channel_order == "bgr" else mean

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sipmask.config import HeadConfig, LossConfig
+from sipmask.config import HeadConfig, LossConfig, check_name
 from sipmask.distributed import mean_over_processes
 from sipmask.errors import ConfigError
 from sipmask.model.head import HeadOutput, MaskRescoring
@@ -70,8 +70,7 @@ class SipMaskCriterion:
     """
 
     def __init__(self, head_cfg: HeadConfig, loss_cfg: LossConfig) -> None:
-        if loss_cfg.criterion not in ("mmdet", "benchmark"):
-            raise ConfigError(f"loss.criterion must be 'mmdet' or 'benchmark', got {loss_cfg.criterion!r}")
+        check_name("loss.criterion", loss_cfg.criterion)
         if loss_cfg.criterion == "benchmark" and head_cfg.mask_rescoring:
             raise ConfigError("loss.criterion 'benchmark' has no mask re-scoring loss (SipMask++ is mmdetection only)")
         self.head_cfg = head_cfg
