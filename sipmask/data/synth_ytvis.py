@@ -8,7 +8,8 @@ Layout written (as YouTube-VIS is laid out):
 Each video (size x size pixels) holds 2-4 objects of four classes, plus their twins. An object
 moves on a straight line with a slow rotation; some start outside the frame and enter, some leave it,
 some appear late or vanish early (null segmentations there), and some get a twin of the same class
-that moves alongside, touching or nearly touching it. Objects are drawn in a fixed order: later
+that moves alongside, touching or nearly touching it, and some get a look-alike (same class, size, speed and
+nearly the same colours) whose path crosses theirs in the middle of the video. Objects are drawn in a fixed order: later
 objects occlude earlier ones and every mask is the *visible* part (compressed RLE), null where
 nothing of the object is visible. Category ids are non-contiguous (2, 4, 5, 9) on purpose, to
 exercise the id <-> label mapping. Deterministic by seed.
@@ -35,6 +36,10 @@ MIN_OBJECTS, MAX_OBJECTS = 2, 4
 MIN_EXTENT, MAX_EXTENT = 0.08, 0.18
 #: Probabilities of: a twin of the same class alongside, a late start, an early end, entering from outside.
 P_TWIN, P_LATE, P_EARLY, P_ENTER = 0.3, 0.25, 0.25, 0.35
+#: Probability that a video gets a look-alike crossing the path of its first object (identity switches).
+P_CROSS = 0.6
+#: Colour difference of a look-alike (0-255 per channel): hard to tell apart by appearance alone.
+LOOKALIKE_COLOR_JITTER = 12.0
 #: JPEG quality of the written frames.
 JPEG_QUALITY = 92
 
@@ -128,6 +133,22 @@ def _twin(rng: np.random.Generator, obj: MovingShape) -> MovingShape:
     )
 
 
+def _crosser(rng: np.random.Generator, obj: MovingShape, frames: int) -> MovingShape:
+    """A look-alike of `obj` (same class, size, speed, texture; colours within a few levels) whose
+    straight path crosses `obj`'s at the middle frame, coming from another direction."""
+    t_cross = (frames - 1) / 2
+    speed = max(math.hypot(obj.vx, obj.vy), 1e-3)
+    heading = math.atan2(obj.vy, obj.vx) + rng.choice([-1.0, 1.0]) * rng.uniform(math.pi / 3, 2 * math.pi / 3)
+    vx, vy = speed * math.cos(heading), speed * math.sin(heading)
+    meet_x, meet_y = obj.cx + obj.vx * t_cross, obj.cy + obj.vy * t_cross
+    colors = np.clip(obj.colors + rng.uniform(-LOOKALIKE_COLOR_JITTER, LOOKALIKE_COLOR_JITTER, size=3), 0, 255)
+    return MovingShape(
+        kind=obj.kind, cx=meet_x - vx * t_cross, cy=meet_y - vy * t_cross, vx=vx, vy=vy, rx=obj.rx, ry=obj.ry,
+        angle=obj.angle, spin=obj.spin, first=0, last=frames - 1, colors=colors.astype(np.float32),
+        period=obj.period, stripe_angle=obj.stripe_angle,
+    )
+
+
 def render_video(
     rng: np.random.Generator, size: int, frames: int
 ) -> tuple[list[np.ndarray], list[tuple[int, list[np.ndarray | None]]]]:
@@ -144,6 +165,8 @@ def render_video(
         objects.append(obj)
         if rng.random() < P_TWIN:
             objects.append(_twin(rng, obj))
+    if rng.random() < P_CROSS:
+        objects.append(_crosser(rng, objects[0], frames))
     gradient = rng.uniform(40, 200, size=3) + np.linspace(-30, 30, size, dtype=np.float32)[:, None, None]
     background = np.clip(gradient + rng.normal(0, 12, size=(size, size, 3)), 0, 255).astype(np.float32)
     images, visible = draw_frames(objects, background, frames, rng)

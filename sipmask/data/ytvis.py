@@ -421,8 +421,9 @@ class YTVISFrameDataset:
         }
         return image, target
 
-    def sample_reference(self, video_id: int, frame: int) -> int:
-        """Official `sample_ref`: a uniformly random other frame of the video with >= 1 instance."""
+    def sample_reference(self, video_id: int, frame: int, rng: np.random.Generator | None = None) -> int:
+        """Official `sample_ref`: a uniformly random other frame of the video with >= 1 instance
+        (drawn from `rng`, default the dataset's own generator)."""
         per_frame = self._frame_tracks[video_id]
         candidates = [f for f, tracks in enumerate(per_frame) if tracks and f != frame]
         if not candidates:
@@ -430,7 +431,7 @@ class YTVISFrameDataset:
                 self._warned_single.add(video_id)
                 self._report(f"video {video_id}: only one annotated frame; it is its own reference frame")
             return frame
-        return int(candidates[self._rng.integers(len(candidates))])
+        return int(candidates[(rng or self._rng).integers(len(candidates))])
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         for attempt in range(len(self.index)):
