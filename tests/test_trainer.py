@@ -184,8 +184,12 @@ def test_weights_flag_takes_matching_tensors_only(tmp_path):
     save_checkpoint({"config": source.cfg.to_dict(), "classes": [], "model": source.state_dict()}, tmp_path / "w.pth")
     torch.manual_seed(1)
     target = build_model("tiny", num_classes=5)
-    skipped = _load_init_weights(target, str(tmp_path / "w.pth"))
-    assert skipped == ["head.cls_logits.bias", "head.cls_logits.weight"]
+    report = _load_init_weights(target, str(tmp_path / "w.pth"))
+    skipped = [k for k, _, _ in report.reshaped]
+    assert skipped == ["head.cls_logits.bias", "head.cls_logits.weight"] and not report.new and not report.unused
+    assert report.reshaped[1][1:] == ([5, 128, 3, 3], [3, 128, 3, 3])
+    assert len(report.loaded) + 2 == report.total == len(target.state_dict())
+    assert "initialised fresh, another shape: 2 (head.cls_logits.bias [5] here, [3] in the file" in report.message()
     for key, value in target.state_dict().items():
         if key not in skipped:
             assert torch.equal(value, source.state_dict()[key]), key

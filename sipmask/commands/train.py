@@ -13,13 +13,14 @@ from sipmask.train.trainer import TrainOptions, train
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train on a COCO-format dataset",
-        description="Train a SipMask preset on COCO-format data. Writes RUN_DIR/last.pth, best.pth (with "
+        help="train on a COCO-format (images) or YouTube-VIS-format (videos) dataset",
+        description="Train a SipMask preset on COCO-format images, or a video preset (tiny_vis, vis_*: tracking "
+        "branch and matching loss) on YouTube-VIS videos; the annotation format is detected. Writes RUN_DIR/last.pth, best.pth (with "
         "--val-*), log.jsonl. Multi-process: torchrun --nproc_per_node=N -m sipmask train ...",
     )
     p.add_argument("--config", required=True, metavar="NAME", help="preset name (see `sipmask configs`)")
     p.add_argument("--train-images", required=True, metavar="DIR")
-    p.add_argument("--train-ann", required=True, metavar="FILE", help="COCO instances JSON")
+    p.add_argument("--train-ann", required=True, metavar="FILE", help="COCO instances JSON, or YouTube-VIS JSON for a video preset")
     p.add_argument("--val-images", metavar="DIR")
     p.add_argument("--val-ann", metavar="FILE")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
@@ -34,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pth exactly")
     p.add_argument("--seed", type=int, default=0, metavar="K")
     p.add_argument("--strict", action="store_true", help="treat bad images / annotations as errors")
-    p.add_argument("--weights", metavar="CKPT", help="initialise from a sipmask checkpoint (fine-tuning)")
+    p.add_argument("--weights", metavar="CKPT", help="initialise from a sipmask checkpoint or an official SipMask file (fine-tuning; a video "
+                   "model from an image model). Tensors of another shape or missing from the file stay fresh; "
+                   "a line says which")
     p.add_argument("--backbone-weights", metavar="FILE", help="ImageNet ResNet weights (torchvision .pth)")
     p.add_argument("--eval-every", type=int, metavar="N", help="evaluate every N iterations (default: every epoch)")
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="write last.pth every N iterations (default: every epoch)")

@@ -23,7 +23,10 @@ import torch
 from torch import nn
 
 from sipmask.config import SipMaskConfig, TrainConfig, get_preset
+from sipmask.data.annotation_format import annotation_format
 from sipmask.data.coco import CocoDataset, load_coco_ground_truth
+from sipmask.data.video_pairs import VideoPairDataset
+from sipmask.data.ytvis import load_ytvis
 from sipmask.data.loader import TrainBatchSampler, iters_per_epoch, make_train_loader, worker_error_message
 from sipmask.data.transforms import TrainTransform
 from sipmask.errors import CheckpointError, ConfigError, SipMaskError
@@ -116,15 +119,79 @@ def _targets_to(targets: list[dict[str, Any]], device: torch.device) -> list[dic
     ]
 
 
-def _load_init_weights(model: nn.Module, path: str) -> list[str]:
-    """--weights: start from a sipmask checkpoint; tensors whose shape differs (e.g. another class
-    count) are skipped. Returns the skipped keys."""
-    state = read_checkpoint(path)["model"]
+@dataclass
+class InitWeights:
+    """What --weights loaded: the model's tensors `loaded` from the file, `new` ones the file lacks, ones
+    of another shape (`reshaped`: (key, shape here, shape in the file)), and file tensors `unused` here."""
+
+    path: str
+    total: int
+    loaded: list[str]
+    new: list[str]
+    reshaped: list[tuple[str, list[int], list[int]]]
+    unused: list[str]
+
+    def message(self) -> str:
+        parts = [f"--weights {self.path}: loaded {len(self.loaded)} of the model's {self.total} tensors"]
+        if self.new:
+            parts.append(f"initialised fresh, not in the file: {len(self.new)} ({_key_groups(self.new)})")
+        if self.reshaped:
+            shapes = "; ".join(f"{k} {here} here, {there} in the file" for k, here, there in self.reshaped[:4])
+            more = "; ..." if len(self.reshaped) > 4 else ""
+            parts.append(f"initialised fresh, another shape: {len(self.reshaped)} ({shapes}{more})")
+        if self.unused:
+            parts.append(f"in the file but not in this model: {len(self.unused)} ({_key_groups(self.unused)})")
+        return "; ".join(parts)
+
+
+def _load_init_weights(model: nn.Module, path: str) -> InitWeights:
+    """--weights: start from a sipmask checkpoint or an official SipMask file (as the official VIS
+    recipe starts from a COCO model). Tensors of the same name and shape are loaded; the others stay
+    freshly initialised: those the file lacks (e.g. the tracking branch of a video model started from
+    an image model) and those of another shape (e.g. a class layer of 80 COCO classes for 40 classes)."""
+    from sipmask.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)[0].state_dict()
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(own) - set(usable))
     model.load_state_dict(usable, strict=False)
-    return skipped
+    return InitWeights(
+        path=str(path),
+        total=len(own),
+        loaded=sorted(usable),
+        new=sorted(k for k in own if k not in state),
+        reshaped=[(k, list(own[k].shape), list(state[k].shape))
+                  for k in sorted(own) if k in state and own[k].shape != state[k].shape],
+        unused=sorted(k for k in state if k not in own),
+    )
+
+
+def _key_groups(keys: list[str], depth: int = 2) -> str:
+    """State-dict keys summarised by their first `depth` name parts: 'head.tracking.* (5), ...'."""
+    groups: dict[str, int] = {}
+    for key in keys:
+        prefix = ".".join(key.split(".")[:depth])
+        groups[prefix] = groups.get(prefix, 0) + 1
+    return ", ".join(f"{prefix}.* ({n})" if n > 1 or prefix != key else prefix for prefix, n in groups.items())
+
+
+def _check_data_format(preset: SipMaskConfig, opts: TrainOptions) -> bool:
+    """True for video training. The annotation files must suit the preset: a video model (tracking
+    branch) trains on YouTube-VIS videos, an image model on COCO images."""
+    video_model = preset.head.track_channels > 0
+    for flag, path in (("--train-ann", opts.train_ann), ("--val-ann", opts.val_ann)):
+        if path is None:
+            continue
+        fmt = annotation_format(path)
+        if fmt == "ytvis" and not video_model:
+            raise ConfigError(f"{flag} {path} is a YouTube-VIS file, but --config {preset.name} is an image model: "
+                              "train a video model on it (--config tiny_vis, vis_r50_1x or vis_r50_ms_1x), "
+                              "or give a COCO file")
+        if fmt == "coco" and video_model:
+            raise ConfigError(f"{flag} {path} is a COCO file, but --config {preset.name} is a video model (tracking "
+                              "branch) and trains on YouTube-VIS videos: give a YouTube-VIS file, or train an image "
+                              "preset on COCO data and start the video model from it with --weights")
+    return video_model
 
 
 class _Logger:
@@ -209,9 +276,11 @@ class _Trainer:
         preset = get_preset(opts.config)
         if opts.overrides:
             preset = preset.with_overrides(**{k: _as_tuple(v) for k, v in opts.overrides.items()})
-        if opts.val_ann is not None:
-            load_coco_ground_truth(opts.val_ann)  # a bad val file fails now, not after hours
-        self.dataset = CocoDataset(
+        self.video = _check_data_format(preset, opts)
+        if opts.val_ann is not None:  # a bad val file fails now, not after hours
+            load_ytvis(opts.val_ann) if self.video else load_coco_ground_truth(opts.val_ann)
+        dataset_type = VideoPairDataset if self.video else CocoDataset
+        self.dataset = dataset_type(
             opts.train_images, opts.train_ann, TrainTransform(preset.input), strict=opts.strict, seed=opts.seed,
             quiet=not ctx.is_main,
         )
@@ -234,9 +303,9 @@ class _Trainer:
         if self.opts.backbone_weights:
             load_imagenet_weights(model.backbone, self.opts.backbone_weights)
         if self.opts.weights:
-            skipped = _load_init_weights(model, self.opts.weights)
-            if skipped and self.ctx.is_main:
-                print(f"--weights: {len(skipped)} tensors not taken (new shape), e.g. {skipped[0]}")
+            report = _load_init_weights(model, self.opts.weights)
+            if self.ctx.is_main:
+                print(report.message())
         self.model = model.to(self.ctx.device)
         self.optimizer = torch.optim.SGD(
             param_groups(self.model, self.cfg.train, self.base_lr),
@@ -312,7 +381,8 @@ class _Trainer:
         images = [im.to(self.ctx.device, non_blocking=True) for im in images]
         targets = _targets_to(targets, self.ctx.device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
-            losses = self.model(images, targets)
+            outputs = self.model(images, targets)
+        losses = {k: v for k, v in outputs.items() if k.startswith("loss")}  # (video models also log match_acc)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             terms = {k: round(float(v), 4) for k, v in losses.items()}
@@ -321,8 +391,8 @@ class _Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        values = mean_across(self.ctx, {k: float(v.detach()) for k, v in losses.items()})
-        values["loss"] = sum(values.values())
+        values = mean_across(self.ctx, {k: float(v.detach()) for k, v in outputs.items()})
+        values["loss"] = sum(v for k, v in values.items() if k in losses)
         return values
 
     def _evaluate_and_track(self, done: int, logger: _Logger, bar: Any) -> bool:
