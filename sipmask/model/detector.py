@@ -183,7 +183,8 @@ class SipMask(nn.Module):
     def predict(self, images: Sequence[np.ndarray] | np.ndarray, score_thr: float | None = None) -> list[dict[str, Tensor]]:
         """Segment images: a list of HxWx3 uint8 RGB arrays (HxW gray, HxWx1, RGBA and uint16 are
         converted). Returns per image CPU tensors boxes float32 [N, 4] (x1, y1, x2, y2, original
-        pixels), scores float32 [N], labels int64 [N] (0-based), masks bool [N, H, W].
+        pixels), scores float32 [N], labels int64 [N] (0-based), masks bool [N, H, W], and for a
+        video model embeddings float32 [N, E] (what an embedding tracker matches across frames).
 
         Runs the model as it is (device, layout, dtype); `for_inference` gives a copy with the speed
         options (channels-last on the CPU), which is what the Predictor and evaluation run.
