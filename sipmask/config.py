@@ -1,4 +1,4 @@
-"""Typed configs and the named presets: one per official SipMask image config, plus `tiny` for CPU work."""
+"""Typed configs and the named presets: one per official SipMask config, plus `tiny` / `tiny_vis` for CPU work."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +19,10 @@ PYTORCH_STD_RGB = (58.395, 57.12, 57.375)
 FCOS_REGRESS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, 1e8))
 #: FPN strides of P3..P7.
 FPN_STRIDES = (8, 16, 32, 64, 128)
+#: Embedding channels of the official SipMask-VIS tracking branch (`sipmask_track`: 768 -> 512).
+VIS_TRACK_CHANNELS = 512
+#: Embedding channels of `tiny_vis`: small enough for CPU training on synthetic videos.
+TINY_TRACK_CHANNELS = 128
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class HeadConfig:
     align_norm: bool | None = None  # None: GN after alignment iff use_gn (MM); True: always (BM)
     coef_init_std: float = 0.001  # official MM init of the coefficient conv
     align_offset_groups: int = 4  # deformable groups of the alignment conv (official)
+    # SipMask-VIS tracking branch: embedding channels of the stride-8 map (official 512); 0 = no
+    # branch (an image model). A config with track_channels > 0 is a video model.
+    track_channels: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,11 @@ class SipMaskConfig:
 
     def __post_init__(self) -> None:
         _validate(self)  # every way of making a config (presets, overrides, checkpoints) is checked
+
+    @property
+    def is_video(self) -> bool:
+        """True for a video (VIS) model: the head has a tracking branch (head.track_channels > 0)."""
+        return self.head.track_channels > 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -323,6 +335,8 @@ def _validate(cfg: SipMaskConfig) -> None:
         check_name(path, _field_value(cfg, path))
     if cfg.head.grid < 1:
         raise ConfigError(f"head.grid must be >= 1, got {cfg.head.grid}")
+    if cfg.head.track_channels < 0:
+        raise ConfigError(f"head.track_channels must be >= 0 (0 = no tracking branch), got {cfg.head.track_channels}")
     if cfg.head.num_classes < 1:
         raise ConfigError(f"head.num_classes must be >= 1, got {cfg.head.num_classes}")
     if cfg.backbone.depth not in (18, 34, 50, 101, 152):
@@ -391,13 +405,14 @@ def _bm(name: str, desc: str, depth: int, ms: bool, iters_steps: tuple[int, ...]
 
 
 def _vis(name: str, desc: str, train_scales: tuple[tuple[int, int], ...]) -> SipMaskConfig:
-    """SipMask-VIS image part (YouTube-VIS 2019, 40 classes); the tracking branch is not modelled yet."""
+    """SipMask-VIS (YouTube-VIS 2019, 40 classes): the image head plus the 512-channel tracking branch."""
     return SipMaskConfig(
         name=name,
         description=desc,
         source="vis",
         backbone=BackboneConfig(depth=50),
-        head=HeadConfig(num_classes=40, stacked_convs=3, use_gn=True, coef_init_std=0.01),
+        head=HeadConfig(num_classes=40, stacked_convs=3, use_gn=True, coef_init_std=0.01,
+                        track_channels=VIS_TRACK_CHANNELS),
         loss=LossConfig(box_loss_in_stride_units=False),
         # Official VIS test: Fast NMS 0.5 (hard-coded), p x c > 0.03, 200 per level, 10 per frame.
         test=TestConfig(nms="fast", nms_pre=200, score_thr=0.03, threshold_on="score", iou_thr=0.5,
@@ -405,6 +420,17 @@ def _vis(name: str, desc: str, train_scales: tuple[tuple[int, int], ...]) -> Sip
         input=InputConfig(test_scale=(640, 360), train_scales=train_scales),
         train=TrainConfig(lr=0.005, warmup="linear", warmup_iters=1000, warmup_ratio=1.0 / 80,
                           epochs=12, lr_steps=(8, 11), images_per_gpu=8),
+    )
+
+
+def _tiny_vis() -> SipMaskConfig:
+    """`tiny` plus a 128-channel tracking branch: a video model that trains on the CPU."""
+    tiny = _tiny()
+    return replace(
+        tiny,
+        name="tiny_vis",
+        description="tiny plus the VIS tracking branch (128-ch embeddings): CPU video training and tests",
+        head=replace(tiny.head, track_channels=TINY_TRACK_CHANNELS),
     )
 
 
@@ -447,9 +473,10 @@ PRESETS: dict[str, SipMaskConfig] = {
         _mm_rt("mm_pp_r101_dcn_ssd_gn_10x", "official SipMask++ R101-DCN 544 10x GN, mask rescoring (41.3 / 36.1)", 101, True, 5, True),
         _bm("bm_r50_1x", "official benchmark R50 800x1333 1x (39.5 / 34.2)", 50, False, (8, 11), 12),
         _bm("bm_r101_ms_3x", "official benchmark R101 800x1333 multi-scale 3x (44.1 / 37.8)", 101, True, (32, 35), 36),
-        _vis("vis_r50_1x", "official VIS R50 360x640 1x, image part (YouTube-VIS 2019 mask AP 32.5)", ((640, 360),)),
-        _vis("vis_r50_ms_1x", "official VIS R50 360x640 multi-scale 1x, image part (33.7)", ((649, 360), (960, 480))),
+        _vis("vis_r50_1x", "official VIS R50 360x640 1x with tracking branch (YouTube-VIS 2019 mask AP 32.5)", ((640, 360),)),
+        _vis("vis_r50_ms_1x", "official VIS R50 360x640 multi-scale 1x with tracking branch (33.7)", ((649, 360), (960, 480))),
         _tiny(),
+        _tiny_vis(),
     )
 }
 

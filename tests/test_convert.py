@@ -29,7 +29,6 @@ NOTES_TENSORS = {
     "bm_r101_ms_3x": 586, "vis_r50_1x": 378, "vis_r50_ms_1x": 378,
 }
 NUM_SCALES = 5  # five 0-dim / [1] official Scale tensors become our one head.scales [5]
-VIS_TRACK_TENSORS = 8  # track_convs.{0,1}.{conv.weight, gn.weight, gn.bias} + sipmask_track.{weight, bias}
 
 
 def _small_input(cfg):
@@ -50,11 +49,11 @@ def test_every_official_config_converts_loads_and_predicts(preset):
     assert cfg.name == preset and meta["source"]["preset"] == preset and meta["source"]["detected_preset"]
     counts = meta["tensor_counts"]
     unused = 2 if (spec.source == "mmdet" and not spec.head_gn) else 0
-    extra = VIS_TRACK_TENSORS if spec.source == "vis" else 0
-    assert counts == {"official": NOTES_TENSORS[preset], "model": NOTES_TENSORS[preset] - NUM_SCALES + 1 - unused - extra,
-                      "unused": unused, "extra": extra}
+    assert counts == {"official": NOTES_TENSORS[preset], "model": NOTES_TENSORS[preset] - NUM_SCALES + 1 - unused,
+                      "unused": unused, "extra": 0}
     assert sorted(meta["unused_tensors"]) == (sorted(UNUSED_ALIGN_NORM) if unused else [])
-    assert all(k.startswith(("bbox_head.track_convs.", "bbox_head.sipmask_track.")) for k in meta["extra_tensors"])
+    assert meta["extra_tensors"] == {}
+    assert cfg.is_video == (spec.source == "vis")
     assert len(meta["class_names"]) == len(meta["category_ids"]) == cfg.head.num_classes
     # official caffe-style input: BGR, caffe mean, std 1
     assert cfg.input.channel_order == "bgr" and cfg.input.pixel_mean == CAFFE_MEAN_BGR
@@ -70,6 +69,10 @@ def test_every_official_config_converts_loads_and_predicts(preset):
     assert result["boxes"].shape == (n, 4) and result["labels"].shape == (n,)
     assert result["masks"].shape == (n, 50, 70) and result["masks"].dtype == torch.bool
     assert n <= cfg.test.max_per_img or cfg.test.postprocess_style == "benchmark"
+    if cfg.is_video:
+        assert result["embeddings"].shape == (n, 512)
+    else:
+        assert "embeddings" not in result
 
 
 def test_benchmark_keys_mapped_by_role():
@@ -104,11 +107,27 @@ def test_mm_config_text_separates_identical_tensor_layouts():
     assert cfg.name == "mm_r50_gn_ms_2x" and not meta["source"]["detected_preset"]
 
 
-def test_vis_keeps_tracking_tensors_and_uses_vis_test_settings():
+def test_vis_loads_tracking_branch_and_uses_vis_test_settings():
     official = make_fake_official_checkpoint("vis", "vis_r50_1x", seed=2)
-    cfg, _, meta = convert_official(official)
-    assert torch.equal(meta["extra_tensors"]["bbox_head.sipmask_track.weight"],
-                       official["state_dict"]["bbox_head.sipmask_track.weight"])
+    cfg, state, meta = convert_official(official)
+    assert meta["extra_tensors"] == {} and meta["unused_tensors"] == {}
+    assert cfg.head.track_channels == 512
+    with torch.device("meta"):
+        model = SipMask(cfg)
+    model.load_state_dict(state, strict=True, assign=True)
+    theirs = official["state_dict"]
+    tracking = model.head.tracking
+    pairs = {
+        "bbox_head.sipmask_track.weight": tracking.out.weight,
+        "bbox_head.sipmask_track.bias": tracking.out.bias,
+    }
+    for i in range(2):
+        pairs[f"bbox_head.track_convs.{i}.conv.weight"] = tracking.convs[i].conv.weight
+        pairs[f"bbox_head.track_convs.{i}.gn.weight"] = tracking.convs[i].norm.weight
+        pairs[f"bbox_head.track_convs.{i}.gn.bias"] = tracking.convs[i].norm.bias
+    assert len(tracking.convs) == 2 and tracking.convs[0].conv.bias is None
+    for key, ours in pairs.items():
+        assert torch.equal(ours, theirs[key]), key
     assert meta["class_names"][:2] == ["person", "giant_panda"] and meta["category_ids"][-1] == 40
     t = cfg.test
     assert (t.nms, t.iou_thr, t.score_thr, t.nms_pre, t.max_per_img, t.mask_thr) == ("fast", 0.5, 0.03, 200, 10, 0.5)

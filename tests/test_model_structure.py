@@ -23,6 +23,9 @@ OFFICIAL_PARAMS = {
     "mm_pp_r101_dcn_ssd_gn_10x": 50_331_152,
     "bm_r50_1x": 33_080_794,
     "bm_r101_ms_3x": 52_020_698,
+    # VIS: 40 classes, S = 3, plus the tracking branch (2 x 590,336 + 393,728; notes 10.4)
+    "vis_r50_1x": 33_433_394,
+    "vis_r50_ms_1x": 33_433_394,
 }
 #: The official FeatureAlign always builds a GroupNorm(32, 256) (512 parameters), even in heads
 #: without GN where its forward never uses it (`flag_norm=False`). We build no unused module, so
@@ -45,7 +48,7 @@ def test_official_parameter_counts(name):
 
 def test_every_preset_builds_and_is_described():
     names = [c.name for c in list_presets()]
-    assert set(OFFICIAL_PARAMS) | {"tiny"} <= set(names)
+    assert set(OFFICIAL_PARAMS) | {"tiny", "tiny_vis"} <= set(names)
     assert all(c.description for c in list_presets())
 
 

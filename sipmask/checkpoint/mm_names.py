@@ -25,6 +25,9 @@ _MM_RULES: tuple[tuple[str, str], ...] = (
     (r"^bbox_head\.sip_mask_lat\.(weight|bias)$", r"head.basis.out.\1"),
     (r"^bbox_head\.convs_scoring\.(\d+)\.conv\.(weight|bias)$", r"head.rescoring.convs.\1.\2"),
     (r"^bbox_head\.mask_scoring\.(weight|bias)$", r"head.rescoring.out.\1"),
+    (r"^bbox_head\.track_convs\.(\d+)\.conv\.(weight|bias)$", r"head.tracking.convs.\1.conv.\2"),
+    (r"^bbox_head\.track_convs\.(\d+)\.gn\.(weight|bias)$", r"head.tracking.convs.\1.norm.\2"),
+    (r"^bbox_head\.sipmask_track\.(weight|bias)$", r"head.tracking.out.\1"),
 )
 
 #: Official per-level Scale parameters (0-dim each), stacked into our head.scales [5].

@@ -1,9 +1,10 @@
 """Official SipMask checkpoints (mmdetection, benchmark, VIS) -> this package's config, state dict and metadata.
 
-Every official tensor is accounted for: mapped onto the model exactly once, kept apart as an extra
-(the VIS tracking branch, which has no module here yet), or recorded as unused by the official
-forward (the FeatureAlign GroupNorm that official heads without GN build but never call). An
-unknown, missing or mis-shaped tensor raises CheckpointError naming the key(s).
+Every official tensor is accounted for: mapped onto the model exactly once (the VIS tracking branch
+included: `head.tracking`), or recorded as unused by the official forward (the FeatureAlign
+GroupNorm that official heads without GN build but never call). An unknown, missing or
+mis-shaped tensor raises CheckpointError naming the key(s). The metadata keeps an
+`extra_tensors` entry (tensors kept apart, unmapped) for the file format; conversions fill none.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ SOURCE_TITLES = {"mmdet": "SipMask-mmdetection", "benchmark": "SipMask-benchmark
 DDP_PREFIX = "module."
 #: Head prefix of each code base.
 HEAD_PREFIX = {"mmdet": "bbox_head.", "vis": "bbox_head.", "benchmark": "rpn.head."}
-#: VIS tracking branch: no module in this package yet, kept in metadata['extra_tensors'].
+#: VIS tracking branch tensors: their presence tells a VIS checkpoint from an mmdetection one.
 VIS_TRACK_KEY = re.compile(r"^bbox_head\.(track_convs\.\d+\.(conv|gn)\.(weight|bias)|sipmask_track\.(weight|bias))$")
 #: FeatureAlign GroupNorm: always built by the official head, applied only when the head has GN.
 UNUSED_ALIGN_NORM = ("bbox_head.feat_align.norm.weight", "bbox_head.feat_align.norm.bias")
@@ -290,7 +291,7 @@ def _key_problems(state: dict[str, Tensor], source: str, preset: str, num_classe
 def _map_tensors(
     state: dict[str, Tensor], source: str, s: Structure, name: str
 ) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]], dict[str, Tensor]]:
-    """(our state dict, unused official tensors with the reason, extra tensors kept apart)."""
+    """(our state dict, unused official tensors with the reason, extra tensors kept apart: none today)."""
     ours: dict[str, Tensor] = {}
     scales: dict[int, Tensor] = {}
     unused: dict[str, dict[str, Any]] = {}
@@ -305,8 +306,6 @@ def _map_tensors(
     for key, value in state.items():
         if m := scale_key.match(key):
             scales[int(m.group(1))] = value
-        elif source == "vis" and VIS_TRACK_KEY.match(key):
-            extra[key] = value.clone()
         elif source != "benchmark" and not s.head_gn and key in UNUSED_ALIGN_NORM:
             unused[key] = {"reason": UNUSED_REASON, "tensor": value.clone()}
         elif (target := map_key(key)) is not None:

@@ -1,4 +1,5 @@
-"""The SipMask training objective: targets for a batch, then focal, box, centerness, mask (and re-scoring) losses."""
+"""The SipMask training objective: targets for a batch, then focal, box, centerness, mask (and re-scoring,
+and the VIS matching) losses."""
 from __future__ import annotations
 
 import torch
@@ -14,6 +15,7 @@ from sipmask.model.losses import (
     box_loss, centerness_loss, centerness_loss_sum, distance_box_loss_sum, sigmoid_focal_loss_sum,
 )
 from sipmask.model.mask_loss import MaskLossInputs, kept_positives, mask_alignment_loss, rescoring_loss
+from sipmask.model.match_loss import MatchTargets, match_loss
 from sipmask.model.targets import Targets, centerness_targets, fcos_targets, level_points
 
 #: The basis canvas is at half the input resolution (official stride-2 basis masks).
@@ -57,6 +59,13 @@ def canvas_gt_masks(gt_masks: list[Tensor], canvas: tuple[int, int], style: str 
     return out
 
 
+def _match_samples(pos_img: Tensor, canvas_boxes: Tensor, gt_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Positives [N] with predicted canvas boxes [N, 4] -> the matching samples: those kept for the
+    mask loss (canvas area > 1, official VIS), boxes back in input pixels (x 2)."""
+    keep = kept_positives(canvas_boxes)
+    return pos_img[keep], canvas_boxes[keep] * CANVAS_STRIDE, gt_index[keep]
+
+
 class SipMaskCriterion:
     """Computes the loss dict from head outputs and per-image targets (boxes in the preset's convention).
 
@@ -92,9 +101,15 @@ class SipMaskCriterion:
         gt_labels: list[Tensor],
         gt_masks: list[Tensor],
         rescoring: MaskRescoring | None = None,
+        match: MatchTargets | None = None,
     ) -> dict[str, Tensor]:
         """out: head outputs for B images; gt_boxes[i]: [G_i, 4]; gt_labels[i]: [G_i] 0-based;
-        gt_masks[i]: [G_i, H, W] at the padded input resolution (or smaller; zero-padded)."""
+        gt_masks[i]: [G_i, H, W] at the padded input resolution (or smaller; zero-padded).
+
+        match (video models, out.track set): the reference frames' embedding maps, boxes and the
+        gt_pids; adds loss_match and match_acc (a logged percentage, not a loss) computed on the
+        positives kept for the mask loss (predicted canvas box area > 1), their predicted boxes
+        in input pixels and their assigned GT's pid (sipmask.model.match_loss)."""
         cfg = self.cfg
         num_imgs = out.cls_logits[0].shape[0]
         points, targets = self.targets(out, gt_boxes, gt_labels)
@@ -132,6 +147,8 @@ class SipMaskCriterion:
                       "loss_mask": out.basis.sum() * 0.0 + coefs.sum() * 0.0}
             if rescoring is not None:
                 losses["loss_iou"] = sum(p.sum() * 0.0 for p in rescoring.parameters())
+            if match is not None:
+                losses.update(self._match(out, match, pos_img, dists.new_zeros((0, 4)), pos_img, num_imgs))
             return losses
 
         pos_dist = dists[pos_img, pos_pt]
@@ -172,7 +189,27 @@ class SipMaskCriterion:
         losses = {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr, "loss_mask": loss_mask}
         if rescoring is not None:
             losses["loss_iou"] = self._rescoring(rescoring, mask_inputs, pred_masks)
+        if match is not None:
+            losses.update(self._match(out, match, *_match_samples(pos_img, mask_inputs.pred_boxes, gt_index), num_imgs))
         return losses
+
+    def match_samples(self, out: HeadOutput, gt_boxes: list[Tensor], gt_labels: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The matching loss's current-frame samples, as __call__ takes them: (image index [N],
+        predicted boxes [N, 4] in input pixels, assigned GT index within the image [N]), the
+        positives kept for the mask loss in image, level, row-major order."""
+        points, targets = self.targets(out, gt_boxes, gt_labels)
+        pos_img, pos_pt = torch.nonzero(targets.labels >= 0, as_tuple=True)
+        dists = _flatten_levels(out.distances).float()[pos_img, pos_pt].detach()
+        canvas_boxes = distance_to_box(torch.cat(points)[pos_pt], dists) / CANVAS_STRIDE
+        return _match_samples(pos_img, canvas_boxes, targets.gt_index[pos_img, pos_pt])
+
+    def _match(self, out: HeadOutput, match: MatchTargets, image_index: Tensor, boxes: Tensor,
+               gt_index: Tensor, num_imgs: int) -> dict[str, Tensor]:
+        if out.track is None:
+            raise ValueError("matching targets given, but the head has no tracking branch (head.track_channels = 0)")
+        loss, acc = match_loss(out.track.float(), image_index, boxes, gt_index,
+                               match._replace(ref_track=match.ref_track.float()), num_imgs)
+        return {"loss_match": loss, "match_acc": acc}
 
     def _rescoring(self, rescoring: MaskRescoring, inputs: MaskLossInputs, pred_masks: Tensor) -> Tensor:
         keep = kept_positives(inputs.pred_boxes)  # the rows of pred_masks

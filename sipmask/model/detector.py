@@ -16,6 +16,7 @@ from sipmask.model.fpn import FPN
 from sipmask.model.head import HeadOutput, SipMaskHead
 from sipmask.model.preprocess import normalise_and_pad, prepare_test_image
 from sipmask.model.criterion import SipMaskCriterion
+from sipmask.model.match_loss import MatchTargets
 from sipmask.ops.one_thread import run_on_one_thread
 
 
@@ -49,24 +50,48 @@ class SipMask(nn.Module):
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None) -> Any:
         """Training: images are RGB 0-255 [3, H, W] float tensors, targets dicts with boxes [N, 4]
         (x1, y1, x2, y2, x2 = x + w), labels [N] 0-based, masks [N, H, W] -> dict of scalar losses.
+        A video model (cfg.is_video) also needs, per target, ref_image [3, H', W'] (RGB 0-255, the
+        reference frame), ref_boxes [M, 4] (its GT boxes, same convention as boxes) and gt_pids [N]
+        int64 (1 + index of each instance among ref_boxes, 0 = absent): the reference frames run
+        through backbone + FPN + tracking branch only, and the dict adds loss_match and match_acc
+        (a percentage to log, not a loss).
         Without targets: the raw HeadOutput of the padded batch."""
         batch = self.batch_images(images)
         out = self.head(self.features(batch))
         if targets is None:
             return out
-        return self.loss(out, targets)
+        ref_track = None
+        if self.head.tracking is not None:
+            _check_video_targets(targets)
+            ref_batch = self.batch_images([t["ref_image"].to(self.device, torch.float32) for t in targets])
+            ref_track = self.head.tracking(self.features(ref_batch))
+        return self.loss(out, targets, ref_track)
 
-    def loss(self, out: HeadOutput, targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-        boxes, labels, masks = [], [], []
-        for t in targets:
-            b = t["boxes"].to(self.device, torch.float32)
-            if self.cfg.loss.box_plus_one and len(b):
-                b = b.clone()
-                b[:, 2:] -= 1.0  # official inclusive convention: x2 = x + w - 1
-            boxes.append(b)
-            labels.append(t["labels"].to(self.device, torch.long))
-            masks.append(t["masks"].to(self.device))
-        return self.criterion(out, boxes, labels, masks, self.head.rescoring)
+    def _box_convention(self, boxes: Tensor) -> Tensor:
+        """Boxes [N, 4] (x2 = x + w) -> float32 on the model's device in the preset's convention."""
+        b = boxes.to(self.device, torch.float32)
+        if self.cfg.loss.box_plus_one and len(b):
+            b = b.clone()
+            b[:, 2:] -= 1.0  # official inclusive convention: x2 = x + w - 1
+        return b
+
+    def loss(self, out: HeadOutput, targets: Sequence[dict[str, Tensor]], ref_track: Tensor | None = None,
+             generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The loss dict of head outputs `out`; ref_track [B, E, H', W'] (the reference frames'
+        embedding maps) adds the matching loss, whose box jitter draws from `generator` (default:
+        the global RNG)."""
+        boxes = [self._box_convention(t["boxes"]) for t in targets]
+        labels = [t["labels"].to(self.device, torch.long) for t in targets]
+        masks = [t["masks"].to(self.device) for t in targets]
+        match = None
+        if ref_track is not None:
+            match = MatchTargets(
+                ref_track=ref_track,
+                ref_boxes=[self._box_convention(t["ref_boxes"]) for t in targets],
+                gt_pids=[t["gt_pids"].to(self.device, torch.long) for t in targets],
+                generator=generator,
+            )
+        return self.criterion(out, boxes, labels, masks, self.head.rescoring, match)
 
     # ------------------------------------------------------------------ inference
     # The stages below are the one inference path: `predict` runs them on the model as it is, the
@@ -137,7 +162,8 @@ class SipMask(nn.Module):
         out = self.head(feats)
         if self.network_dtype == torch.float32:
             return out
-        return HeadOutput(*([t.float() for t in group] for group in out[:4]), out.basis.float())
+        return HeadOutput(*([t.float() for t in group] for group in out[:4]), out.basis.float(),
+                          out.track.float() if out.track is not None else None)
 
     def network(self, batch: Tensor) -> HeadOutput:
         """Backbone + FPN + head: float32 batch [B, 3, H, W] -> float32 HeadOutput."""
@@ -146,7 +172,8 @@ class SipMask(nn.Module):
     def postprocess(self, out: HeadOutput, metas: Sequence[ImageMeta],
                     score_thr: float | None = None) -> list[dict[str, Tensor]]:
         """Scoring, NMS and masks at each original image size: per image CPU tensors boxes float32 [N, 4],
-        scores float32 [N], labels int64 [N], masks bool [N, H, W] (mask_scores [N] for SipMask++)."""
+        scores float32 [N], labels int64 [N], masks bool [N, H, W] (mask_scores [N] for SipMask++;
+        embeddings float32 [N, E] when `out` has a tracking map, i.e. for a video model)."""
         run = run_on_one_thread if self.serial_postprocess and self.device.type == "cpu" else _call
         results = run(postprocess, out, list(metas), self.cfg.test, self.cfg.head.strides, self.cfg.head.grid,
                       score_thr, self.head.rescoring)
@@ -156,7 +183,8 @@ class SipMask(nn.Module):
     def predict(self, images: Sequence[np.ndarray] | np.ndarray, score_thr: float | None = None) -> list[dict[str, Tensor]]:
         """Segment images: a list of HxWx3 uint8 RGB arrays (HxW gray, HxWx1, RGBA and uint16 are
         converted). Returns per image CPU tensors boxes float32 [N, 4] (x1, y1, x2, y2, original
-        pixels), scores float32 [N], labels int64 [N] (0-based), masks bool [N, H, W].
+        pixels), scores float32 [N], labels int64 [N] (0-based), masks bool [N, H, W], and for a
+        video model embeddings float32 [N, E] (what an embedding tracker matches across frames).
 
         Runs the model as it is (device, layout, dtype); `for_inference` gives a copy with the speed
         options (channels-last on the CPU), which is what the Predictor and evaluation run.
@@ -176,6 +204,26 @@ class SipMask(nn.Module):
             return self.postprocess(self.network(batch), metas, score_thr)
         finally:
             self.train(was_training)
+
+
+#: Per-target entries a video model's training needs besides boxes, labels and masks.
+VIDEO_TARGET_KEYS = ("ref_image", "ref_boxes", "gt_pids")
+
+
+def _check_video_targets(targets: Sequence[dict[str, Tensor]]) -> None:
+    """ValueError naming what is wrong with a video model's training targets."""
+    for i, t in enumerate(targets):
+        missing = [k for k in VIDEO_TARGET_KEYS if k not in t]
+        if missing:
+            raise ValueError(f"target {i}: a video model (tracking branch) trains on frame pairs and needs "
+                             f"{', '.join(VIDEO_TARGET_KEYS)}; missing {', '.join(missing)}")
+        pids, num_ref = t["gt_pids"], len(t["ref_boxes"])
+        if pids.shape != (len(t["boxes"]),):
+            raise ValueError(f"target {i}: gt_pids must have one entry per box ({len(t['boxes'])}), "
+                             f"got shape {tuple(pids.shape)}")
+        if len(pids) and (int(pids.min()) < 0 or int(pids.max()) > num_ref):
+            raise ValueError(f"target {i}: gt_pids must lie in 0..{num_ref} (0 = absent from the reference "
+                             f"frame, k = its k-th reference box), got {pids.tolist()}")
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The SipMask head: FCOS towers, feature alignment, sub-region coefficients, basis masks and SipMask++ re-scoring."""
+"""The SipMask head: FCOS towers, feature alignment, sub-region coefficients, basis masks, SipMask++ re-scoring
+and the SipMask-VIS tracking branch."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sipmask.config import HeadConfig
+from sipmask.model.conv_block import ConvNormAct
 from sipmask.model.deformable import DeformConv
+from sipmask.model.tracking import TrackingBranch
 
 #: Prior probability of the class logits at initialisation (focal-loss bias init, FCOS / official).
 CLASS_PRIOR_PROB = 0.01
@@ -30,7 +33,8 @@ class HeadOutput(NamedTuple):
 
     cls_logits[l]: [B, C, H_l, W_l]; distances[l]: [B, 4, H_l, W_l] (l, t, r, b) in input pixels;
     centerness[l]: [B, 1, H_l, W_l] logits; coefs[l]: [B, k*k*num_bases, H_l, W_l];
-    basis: [B, num_bases, H/2, W/2] (>= 0).
+    basis: [B, num_bases, H/2, W/2] (>= 0); track: [B, E, H/8, W/8] embedding map of a video
+    model (head.track_channels = E > 0), None for an image model.
     """
 
     cls_logits: list[Tensor]
@@ -38,21 +42,7 @@ class HeadOutput(NamedTuple):
     centerness: list[Tensor]
     coefs: list[Tensor]
     basis: Tensor
-
-
-class ConvNormAct(nn.Module):
-    """3x3 conv, optional GroupNorm, ReLU."""
-
-    def __init__(self, in_ch: int, out_ch: int, gn_groups: int | None, bias: bool) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
-        self.norm = nn.GroupNorm(gn_groups, out_ch) if gn_groups else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.conv(x)
-        if self.norm is not None:
-            x = self.norm(x)
-        return F.relu(x)
+    track: Tensor | None = None
 
 
 class FeatureAlign(nn.Module):
@@ -149,6 +139,10 @@ class SipMaskHead(nn.Module):
         self.coef_conv = nn.Conv2d(feat, cfg.grid * cfg.grid * cfg.num_bases, 3, padding=1)
         self.basis = BasisBranch(feat, cfg.num_bases)
         self.rescoring = MaskRescoring(cfg.num_classes) if cfg.mask_rescoring else None
+        self.tracking = (
+            TrackingBranch(in_channels, feat, cfg.stacked_convs - 1, cfg.track_channels, gn, bias)
+            if cfg.track_channels > 0 else None
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -190,4 +184,5 @@ class SipMaskHead(nn.Module):
             coefs.append(self.coef_conv(cls_feat))
             if level < BASIS_LEVELS:
                 basis_feats.append(reg_feat)
-        return HeadOutput(cls_logits, distances, centerness, coefs, self.basis(basis_feats))
+        track = self.tracking(feats) if self.tracking is not None else None
+        return HeadOutput(cls_logits, distances, centerness, coefs, self.basis(basis_feats), track)

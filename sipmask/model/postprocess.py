@@ -14,6 +14,7 @@ from sipmask.ops.boxes import distance_to_box
 from sipmask.ops.crop_split import crop_split
 from sipmask.ops.nms import fast_nms, multiclass_nms, per_class_nms
 from sipmask.model.targets import level_points
+from sipmask.model.tracking import box_center_embeddings
 
 #: The basis canvas is at half the input resolution (official stride-2 basis masks).
 CANVAS_STRIDE = 2
@@ -105,7 +106,9 @@ def postprocess(
     rescoring: MaskRescoring | None = None,
 ) -> list[dict[str, Tensor]]:
     """Detections per image: boxes [N, 4] (original pixels), scores [N], labels [N], masks bool [N, H, W]
-    (and mask_scores [N] with SipMask++ re-scoring). Order follows the official head.
+    (and mask_scores [N] with SipMask++ re-scoring; embeddings [N, E] when out.track is set, the
+    official lookup at each box centre of the stride-8 map with the boxes mapped back to input
+    pixels, `det_bboxes * scale_factor`). Order follows the official head.
 
     score_thr (default cfg.score_thr) applies to what `cfg.threshold_on` names, strictly (> thr):
     "prob", the raw class probability p before centerness (official HR and benchmark presets: the
@@ -154,6 +157,8 @@ def postprocess(
             canvas = crop_split(sub, canvas_boxes, grid)  # [N, Hc, Wc]
             q = rescoring(canvas[:, None]) if len(canvas) else canvas.new_zeros((0, probs.shape[1]))
             result["mask_scores"] = q[torch.arange(len(labels), device=q.device), labels] * scores
+        if out.track is not None:
+            result["embeddings"] = box_center_embeddings(out.track[img], det_boxes * factor).float()
         results.append(result)
     return results
 
@@ -168,4 +173,7 @@ def _benchmark_result(
     factor = min(h_res / h_ori, w_res / w_ori)
     masks = _masks(out.basis[img], coefs, boxes / CANVAS_STRIDE, meta, (factor, factor), cfg.mask_thr, grid)
     ratio = boxes.new_tensor([w_ori / w_res, h_ori / h_res, w_ori / w_res, h_ori / h_res])
-    return {"boxes": (boxes * ratio).float(), "scores": scores.float(), "labels": labels.long(), "masks": masks}
+    result = {"boxes": (boxes * ratio).float(), "scores": scores.float(), "labels": labels.long(), "masks": masks}
+    if out.track is not None:  # boxes are still in resized-input pixels here
+        result["embeddings"] = box_center_embeddings(out.track[img], boxes).float()
+    return result
