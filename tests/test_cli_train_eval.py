@@ -60,7 +60,7 @@ def test_real_process_prints_no_traceback(data, tmp_path):
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"error: {ann}: not a COCO annotation file (top level is list, expected an object)"]
+    assert proc.stderr.strip().splitlines() == [f"error: {ann}: not a COCO or YouTube-VIS annotation file (top level is list, expected an object)"]
 
 
 def test_unreadable_checkpoint_is_a_one_line_error(data, tmp_path, capsys):

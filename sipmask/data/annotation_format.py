@@ -21,7 +21,8 @@ def format_of(data: Any, source: str = "<annotations>") -> str:
         keys = ", ".join(sorted(map(str, data))[:8]) or "none"
         raise AnnotationError(f"{source}: neither a COCO file ('images') nor a YouTube-VIS file ('videos'); "
                               f"top-level keys: {keys}")
-    raise AnnotationError(f"{source}: the top level must be a JSON object, got {type(data).__name__}")
+    raise AnnotationError(f"{source}: not a COCO or YouTube-VIS annotation file (top level is "
+                          f"{type(data).__name__}, expected an object)")
 
 
 def annotation_format(path: str | os.PathLike) -> str:
