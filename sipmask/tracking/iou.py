@@ -39,7 +39,7 @@ class IoUTracker(Tracker):
         self.tracks = Tracks()
         self.frame = -1
 
-    def update(self, result: Mapping[str, Any]) -> Tensor:
+    def _update(self, result: Mapping[str, Any]) -> Tensor:
         det = read_detections(result, self.name, need_embeddings=False)
         self.frame += 1
         tracks, frame = self.tracks, self.frame

@@ -46,7 +46,7 @@ class OfficialTracker(Tracker):
     def memory_size(self) -> int:
         return 0 if self.memory_feats is None else self.memory_feats.shape[0]
 
-    def update(self, result: Mapping[str, Any]) -> Tensor:
+    def _update(self, result: Mapping[str, Any]) -> Tensor:
         det = read_detections(result, self.name, need_embeddings=True)
         n = len(det)
         bboxes = torch.cat([det.boxes, det.scores[:, None]], dim=1)  # [N, 5]

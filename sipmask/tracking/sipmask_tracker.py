@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from sipmask.tracking.base import Tracker, match_scores, official_iou, read_detections
-from sipmask.tracking.tracks import Tracks, assign
+from sipmask.tracking.tracks import FORBIDDEN, NEW, Tracks, assign
 
 
 class SipMaskTracker(Tracker):
@@ -38,13 +38,20 @@ class SipMaskTracker(Tracker):
         motion: IoU against constant-velocity predicted boxes (False: the last box, as official).
         velocity_weight: smoothing of the velocity estimate (1 = the last step only).
         feature_weight: weight of a new embedding in the track's running mean (1 = overwrite, as official).
+        min_iou: a detection may continue a track only with at least this IoU with the track's
+            (predicted) box; 0 = no gate (official).
+        assignment: "hungarian" (one-to-one, maximal total comp) or "greedy" (the official rule: each
+            detection takes its best column; the best of a competition keeps the track, the others are dropped).
     """
 
     name = "sipmask"
     needs_embeddings = True
 
     def __init__(self, max_age: int = 30, min_new_score: float = 0.1, max_tracks: int = 100, motion: bool = True,
-                 velocity_weight: float = 0.5, feature_weight: float = 0.5) -> None:
+                 velocity_weight: float = 0.5, feature_weight: float = 0.5, assignment: str = "hungarian",
+                 min_iou: float = 0.1) -> None:
+        if assignment not in ("hungarian", "greedy"):
+            raise ValueError(f"tracker 'sipmask': assignment must be 'hungarian' or 'greedy', got {assignment!r}")
         if max_age < 0 or max_tracks < 1:
             raise ValueError(f"tracker 'sipmask': max_age must be >= 0 and max_tracks >= 1, "
                              f"got {max_age}, {max_tracks}")
@@ -53,6 +60,8 @@ class SipMaskTracker(Tracker):
                 raise ValueError(f"tracker 'sipmask': {key} must be in (0, 1], got {value}")
         self.max_age, self.min_new_score, self.max_tracks = int(max_age), float(min_new_score), int(max_tracks)
         self.motion, self.velocity_weight, self.feature_weight = bool(motion), float(velocity_weight), float(feature_weight)
+        self.greedy = assignment == "greedy"
+        self.min_iou = float(min_iou)
         self.reset()
 
     def reset(self) -> None:
@@ -60,7 +69,7 @@ class SipMaskTracker(Tracker):
         self.frame = -1
         self.last_comp_scores: Tensor | None = None  # [N, 1 + M] of the last frame
 
-    def update(self, result: Mapping[str, Any]) -> Tensor:
+    def _update(self, result: Mapping[str, Any]) -> Tensor:
         det = read_detections(result, self.name, need_embeddings=True)
         self.frame += 1
         tracks, frame = self.tracks, self.frame
@@ -73,10 +82,14 @@ class SipMaskTracker(Tracker):
         column = torch.full((n,), -1, dtype=torch.int64).numpy()
         if len(tracks):
             boxes = tracks.predicted_boxes(frame) if self.motion else tracks.boxes
-            comp = match_scores(det.embeddings, tracks.feats, det.scores, official_iou(det.boxes, boxes),
+            ious = official_iou(det.boxes, boxes)  # [N, M]
+            comp = match_scores(det.embeddings, tracks.feats, det.scores, ious,
                                 det.labels[:, None] == tracks.labels[None, :])  # [N, 1 + M]
             self.last_comp_scores = comp
-            column = assign(comp[:, 1:].numpy(), comp[:, 0].numpy())
+            match = comp[:, 1:]
+            if self.min_iou > 0:
+                match = torch.where(ious >= self.min_iou, match, torch.full_like(match, FORBIDDEN))
+            column = assign(match.numpy(), comp[:, 0].numpy(), self.greedy)
         else:
             self.last_comp_scores = None
         linked = [i for i in range(n) if column[i] >= 0]
@@ -85,7 +98,7 @@ class SipMaskTracker(Tracker):
             ids[linked] = tracks.ids[rows]
             tracks.update(rows, det.boxes[linked], frame, self.velocity_weight, det.embeddings[linked],
                           self.feature_weight)
-        new = [i for i in range(n) if column[i] < 0 and det.scores[i] >= self.min_new_score]
+        new = [i for i in range(n) if column[i] == NEW and det.scores[i] >= self.min_new_score]
         new = new[:tracks.make_room(len(new), self.max_tracks, frame)]
         if new:
             ids[new] = tracks.add(det.boxes[new], det.labels[new], frame, det.embeddings[new])

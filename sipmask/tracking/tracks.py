@@ -87,13 +87,23 @@ class Tracks:
         return min(wanted, max_tracks - len(self))
 
 
-def assign(match: np.ndarray, new: np.ndarray) -> np.ndarray:
+#: `assign` codes: start a new track / drop the detection.
+NEW, DROP = -1, -2
+
+
+def assign(match: np.ndarray, new: np.ndarray, greedy: bool = False) -> np.ndarray:
     """One-to-one assignment maximising the total score. match [N, M] (detection vs track, FORBIDDEN
     where not allowed), new [N] (the score of starting a new track). Returns [N]: the track column,
-    or -1 for a new track."""
+    or NEW (-1) for a new track.
+
+    greedy=True is the official rule instead: each detection takes its best column (new track on
+    ties with it, first maximum); of the detections that take one track, the best keeps it and the
+    others are dropped (DROP, -2)."""
     n, m = match.shape
     if n == 0:
         return np.zeros(0, dtype=np.int64)
+    if greedy:
+        return _greedy(match, new)
     dummy = np.full((n, n), FORBIDDEN, dtype=np.float64)
     np.fill_diagonal(dummy, new)
     table = np.concatenate([match.astype(np.float64), dummy], axis=1)  # [N, M + N]
@@ -102,4 +112,23 @@ def assign(match: np.ndarray, new: np.ndarray) -> np.ndarray:
     for r, c in zip(rows, cols):
         if c < m and table[r, c] > FORBIDDEN / 2:
             out[r] = c
+    return out
+
+
+def _greedy(match: np.ndarray, new: np.ndarray) -> np.ndarray:
+    table = np.concatenate([new[:, None], match], axis=1)  # [N, 1 + M]
+    choice = table.argmax(axis=1) - 1
+    out = np.full(len(choice), NEW, dtype=np.int64)
+    best: dict[int, int] = {}
+    for i, c in enumerate(choice):
+        if c < 0:
+            continue
+        j = best.get(int(c))
+        if j is None or table[i, c + 1] > table[j, c + 1]:
+            if j is not None:
+                out[j] = DROP
+            best[int(c)] = i
+            out[i] = c
+        else:
+            out[i] = DROP
     return out
