@@ -71,7 +71,8 @@ def read_detections(result: Mapping[str, Any], tracker: str, need_embeddings: bo
     embeddings = result.get("embeddings")
     if embeddings is not None:
         embeddings = torch.as_tensor(embeddings).detach().cpu().float()
-        embeddings = embeddings.reshape(embeddings.shape[0], -1)
+        if embeddings.dim() > 2:
+            embeddings = embeddings.flatten(1)
     n = boxes.shape[0]
     sizes = [scores.shape[0], labels.shape[0]] + ([embeddings.shape[0]] if embeddings is not None else [])
     if any(s != n for s in sizes):

@@ -39,9 +39,9 @@ class Tracks:
             self.feats = self.feats[mask]
 
     def age_out(self, frame: int, max_age: int) -> None:
-        """Delete the tracks unseen for more than max_age frames."""
+        """Delete the tracks unseen for more than max_age frames (frames between the last sighting and `frame`)."""
         if len(self):
-            self.keep(frame - self.last_seen <= max_age)
+            self.keep(frame - self.last_seen - 1 <= max_age)
 
     def update(self, rows: list[int], boxes: Tensor, frame: int, velocity_weight: float,
                feats: Tensor | None = None, feature_weight: float = 1.0) -> None:
