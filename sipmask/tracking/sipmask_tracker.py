@@ -3,19 +3,30 @@ crossing look-alike objects.
 
 The score of detection i for live track j is the official comp (log_softmax([0 | f_i . m_j^T]) +
 log(score_i) + 2 IoU + 10 [same label], the new-track column with IoU 0 and label term 1). What
-differs from the official tracker, each measured with benchmarks/bench_trackers.py (see its table):
-- state per video: `reset()`, and `Predictor.track` makes a new tracker per call;
-- ageing: a track unseen for more than `max_age` frames (30) is deleted, so the memory of a long
-  video does not grow without bound and old tracks stop attracting new objects;
-- `min_new_score` (0.1): a weaker detection may continue a track but not start one (fewer
-  short-lived false tracks);
-- `max_tracks` (100): bounded memory; the longest unseen tracks make room for new ones;
-- one-to-one assignment (Hungarian on the comp scores, one "new track" column per detection)
-  instead of the official greedy pass that drops the losers of a competition;
-- `motion` (on): the IoU term uses a constant-velocity prediction of each track's box
-  (velocity smoothed with weight `velocity_weight` 0.5) instead of its last box;
+differs from the official tracker, each measured with benchmarks/bench_trackers.py on simulated
+crossing / touching look-alike objects (identity switches over 40 videos, seed 0 | 60 videos,
+seed 1; official 169 | 218, iou 34 | 30, this tracker 15 | 12; see the table there):
+- state per video: `reset()`, and `Predictor.track` makes a new tracker per call (the official one
+  keeps its memory on the head until the next `is_first`);
+- `min_iou` (0.1), an IoU gate: a detection may continue a track only if it overlaps the track's
+  (predicted) box with at least this IoU. With look-alikes the embedding term cannot tell objects
+  apart and the IoU term (at most 2) cannot outweigh it, so without the gate any far-away look-alike
+  track takes a new or re-entering object: 328 | 669 switches without it. 0.3 is stricter
+  (10 | 8) but breaks tracks of fast objects at low frame rates; 0.05 gives 25 | 23. An object that
+  leaves the picture and comes back elsewhere starts a new track;
+- `motion` (on): the IoU uses a constant-velocity prediction of each track's box (velocity smoothed
+  with `velocity_weight` 0.5) instead of its last box: 22 | 18 switches without it;
 - `feature_weight` (0.5): the track embedding is a running mean, m <- (1 - w) m + w f, instead of
-  being overwritten by each new detection (w = 1 is the official rule).
+  being overwritten by each detection (w = 1, official): 19 | 42 switches with overwriting;
+- one-to-one assignment (Hungarian on the comp scores, one "new track" column per detection)
+  instead of the official greedy pass, which drops the losers of a competition: switches 15 vs 13 |
+  12 vs 22 (mixed), MOTA 0.887 vs 0.884 | 0.885 vs 0.871 (no detection is lost to a competition);
+- `min_new_score` (0.1): a weaker detection may continue a track but not start one: MOTA 0.887 vs
+  0.872 | 0.885 vs 0.869 (fewer false tracks from false positives), switches unchanged;
+- `max_age` (30): a track unseen for more than 30 frames is deleted, and `max_tracks` (100) bounds
+  the memory (the longest unseen tracks make room): no effect on these 60-frame clips (the gate
+  already keeps old tracks out), they bound memory and time on long videos and webcams.
+Time per frame at 20 live tracks: 0.67 ms (official 0.49, iou 0.28) on 2 shared cores.
 """
 from __future__ import annotations
 
