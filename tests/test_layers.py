@@ -18,7 +18,7 @@ PACKAGE = Path(sipmask.__file__).parent
 LAYERS: dict[str, int] = {
     "errors": 0, "config": 0, "ops": 0, "distributed": 0,
     "data": 1,
-    "model": 2,
+    "model": 2, "tracking": 2,
     "checkpoint": 3,
     "export": 4,
     "inference": 5,

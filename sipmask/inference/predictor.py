@@ -4,6 +4,8 @@
     result = predictor("street.jpg")                             # boxes, scores, labels, masks, class_names
     entries = predictor.to_coco(result, image_id=1)              # COCO results entries, one per detection
     drawn = predictor.draw("street.jpg", result)                 # HxWx3 uint8 RGB
+    for frame in predictor.track("video.mp4"):                   # a video, frame folder, webcam or frames
+        frame["track_ids"], frame["frame_index"]                 # per-frame results with track ids
 
 The pipeline is split in the stages `preprocess` -> `network` (backbone + FPN + head, in PyTorch or
 ONNX Runtime) -> `postprocess`, so that `sipmask bench` can time each. They are the model's own
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any, Sequence, Union
 
 import numpy as np
@@ -206,6 +209,52 @@ class Predictor:
         """Segment one image: a file path, an HxW(x1/3/4) uint8/uint16 array or a PIL image."""
         return self.batch([image], score_thr)[0]
 
+    @property
+    def has_tracking(self) -> bool:
+        """Whether the model is a video model (a tracking branch: results carry `embeddings`)."""
+        return getattr(self.cfg.head, "track_channels", 0) > 0
+
+    def track(self, frames: Any, tracker: Any = "sipmask", score_thr: float | None = None,
+              **tracker_options: Any) -> Iterator[dict[str, Any]]:
+        """Segment and track a video: yields per frame the result dict with only the tracked detections,
+        plus `track_ids` int64 [N] and `frame_index` int.
+
+        frames: a video file path, a folder of frames (natural name order), an int webcam index, a
+        [T, H, W, 3] array or any iterable of images (arrays, paths, PIL); each frame is preprocessed
+        on its own, so sizes may differ. tracker: "sipmask" (default), "official", "iou", or a Tracker
+        object (used as is, after `reset()`); tracker_options go to `make_tracker`. The tracker's
+        state belongs to this call. An embedding tracker with a model without a tracking branch is a
+        ValueError (here, before any frame is read); so is an unknown tracker or option.
+        """
+        from sipmask.inference.frames import iter_frames
+        from sipmask.tracking import Tracker, make_tracker
+
+        if isinstance(tracker, Tracker):
+            if tracker_options:
+                raise ValueError("tracker options go with a tracker name, not with a Tracker object")
+            state = tracker
+            state.reset()
+        else:
+            state = make_tracker(tracker, **tracker_options)
+        if state.needs_embeddings and not self.has_tracking:
+            raise ValueError(f"tracker '{state.name}' needs embeddings, but this model has no tracking branch "
+                             "(cfg.head.track_channels is 0): use --tracker iou (tracker='iou') or a VIS checkpoint")
+        source = iter_frames(frames)
+        return self._track(source, state, score_thr)
+
+    def _track(self, source: Iterator[tuple[int, Any]], tracker: Any,
+               score_thr: float | None) -> Iterator[dict[str, Any]]:
+        for index, image in source:
+            try:
+                array = load_image(image)
+            except ValueError as err:
+                raise ValueError(f"frame {index}: {err}") from None
+            with torch.inference_mode():
+                batch, metas = self.preprocess([array])
+                result = self.postprocess(self.network(batch), metas, score_thr)[0]
+            ids = tracker.update(result)
+            yield {**select_detections(result, ids >= 0), "track_ids": ids[ids >= 0], "frame_index": int(index)}
+
     def to_coco(self, result: dict[str, Any], image_id: int) -> list[dict[str, Any]]:
         """One result -> COCO results entries with this model's category ids and box convention."""
         return to_coco_results(result, image_id, self.category_ids, self.cfg.loss.box_plus_one)
@@ -215,6 +264,21 @@ class Predictor:
         from sipmask.inference.draw import draw_instances
 
         return draw_instances(load_image(image), result, self.class_names, score_thr)
+
+
+def select_detections(result: dict[str, Any], keep: Tensor) -> dict[str, Any]:
+    """The result with only the detections where keep (bool [N]) is True: per-detection tensors and lists."""
+    n = keep.shape[0]
+    index = keep.nonzero().flatten().tolist()
+    out = {}
+    for key, value in result.items():
+        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
+            out[key] = value[keep]
+        elif isinstance(value, list) and len(value) == n:
+            out[key] = [value[i] for i in index]
+        else:
+            out[key] = value
+    return out
 
 
 def to_coco_results(
@@ -231,4 +295,4 @@ def to_coco_results(
     return result_to_coco(tensors, image_id, category_ids, box_plus_one)
 
 
-__all__ = ["Predictor", "to_coco_results", "load_image", "resolve_device"]
+__all__ = ["Predictor", "to_coco_results", "select_detections", "load_image", "resolve_device"]
