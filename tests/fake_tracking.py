@@ -4,8 +4,9 @@
 - `Predictor.track` -> `fake_track`: the Predictor's own per-frame detections linked by greedy box
   IoU (the `iou` tracker's idea), with the interface's signature and outputs (track_ids, frame_index,
   ValueError for an embedding tracker on a model without a tracking branch);
-- `sipmask.data.video_results` -> a module with `FakeVideoTrackResults` (mean score, majority
-  category with ties to the smallest label, segmentations over frames 0..last, first-appearance order).
+- `sipmask.data.video_results` -> a module with `FakeVideoTrackResults` (the interface of the vis-track
+  branch's VideoTrackResults: add(result or None) per frame in turn; mean score, majority category with
+  ties to the smallest label, segmentations over the frames added, first-appearance order).
 Once the real ones exist these tests run against them unchanged.
 """
 from __future__ import annotations
@@ -60,21 +61,23 @@ def fake_track(self: Any, frames: Iterable[Any], tracker: str = "sipmask", score
 
 
 class FakeVideoTrackResults:
-    """VideoTrackResults' interface: add(per-frame result with frame_index), to_ytvis(video_id, category_ids)."""
+    """VideoTrackResults' interface: add(frame result or None) for frames 0, 1, ... in turn, num_frames,
+    to_ytvis(video_id, category_ids)."""
 
     def __init__(self) -> None:
         self._tracks: dict[int, dict[str, Any]] = {}
-        self._last = -1
+        self.num_frames = 0
 
-    def add(self, result: dict[str, Any]) -> None:
-        f = int(result["frame_index"])
-        self._last = max(self._last, f)
-        for tid, score, label, mask in zip(result["track_ids"].tolist(), result["scores"].tolist(),
-                                           result["labels"].tolist(), result["masks"]):
-            track = self._tracks.setdefault(int(tid), {"scores": [], "labels": [], "masks": {}})
-            track["scores"].append(score)
-            track["labels"].append(int(label))
-            track["masks"][f] = encode_mask(mask.numpy())
+    def add(self, result: dict[str, Any] | None) -> None:
+        f = self.num_frames
+        if result is not None:
+            for tid, score, label, mask in zip(result["track_ids"].tolist(), result["scores"].tolist(),
+                                               result["labels"].tolist(), result["masks"]):
+                track = self._tracks.setdefault(int(tid), {"scores": [], "labels": [], "masks": {}})
+                track["scores"].append(score)
+                track["labels"].append(int(label))
+                track["masks"][f] = encode_mask(mask.numpy())
+        self.num_frames += 1
 
     def to_ytvis(self, video_id: int, category_ids: list[int]) -> list[dict[str, Any]]:
         entries = []
@@ -83,7 +86,7 @@ class FakeVideoTrackResults:
             label = min(counts, key=lambda k: (-counts[k], k))
             entries.append({"video_id": video_id, "category_id": category_ids[label],
                             "score": sum(track["scores"]) / len(track["scores"]),
-                            "segmentations": [track["masks"].get(f) for f in range(self._last + 1)]})
+                            "segmentations": [track["masks"].get(f) for f in range(self.num_frames)]})
         return entries
 
 

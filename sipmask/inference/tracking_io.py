@@ -113,8 +113,13 @@ class TrackedVideo:
         self.frames_added = 0
 
     def add(self, index: int, result: dict[str, Any]) -> None:
-        """One frame's tracked result (boxes, scores, labels, masks, track_ids) at video frame `index`."""
-        self._results.add({**result, "frame_index": int(index)})
+        """One frame's tracked result (scores, labels, masks, track_ids) at video frame `index` (>= the
+        last one added); the frames skipped in between count as frames without detections."""
+        if index < self._results.num_frames:
+            raise ValueError(f"frame {index} added after frame {self._results.num_frames - 1}")
+        while self._results.num_frames < index:
+            self._results.add(None)  # a missing frame: no detections
+        self._results.add(result)
         self.frames_added += 1
 
     def entries(self, video_id: int, category_ids: Sequence[int], num_frames: int | None = None) -> list[dict]:
