@@ -36,7 +36,9 @@ def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def fake_track(self: Any, frames: Iterable[Any], tracker: str = "sipmask", score_thr: float | None = None,
                **tracker_options: Any):
     """Predictor.track's interface over an iterable of images: per frame the result plus track_ids, frame_index."""
-    if tracker in ("sipmask", "official") and not getattr(self.cfg.head, "track_channels", 0):
+    from sipmask.inference import tracking_io
+
+    if tracker in tracking_io.EMBEDDING_TRACKERS and not tracking_io.is_video_model(self.cfg):
         raise ValueError(f"tracker {tracker!r} needs a model with a tracking branch")
     previous: tuple[torch.Tensor, torch.Tensor] | None = None
     next_id = 0

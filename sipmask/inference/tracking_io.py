@@ -38,10 +38,11 @@ def check_tracker(cfg: Any, tracker: str) -> None:
     if tracker not in TRACKERS:
         raise ConfigError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
     if tracker in EMBEDDING_TRACKERS and not is_video_model(cfg):
+        which = f"--tracker {tracker}" + (" (the default)" if tracker == DEFAULT_TRACKER else "")
         raise ConfigError(
-            f"--tracker {tracker} matches objects by the tracking branch's embeddings, and this checkpoint is an "
-            "image model without one (head.track_channels = 0); use --tracker iou to link its detections by box "
-            "overlap, or a SipMask-VIS checkpoint")
+            f"{which} matches objects by the tracking branch's embeddings, and this checkpoint is an image model "
+            "without one (head.track_channels = 0): use --tracker iou to link its detections by box overlap, or "
+            "a SipMask-VIS checkpoint")
 
 
 def read_frames(paths: Sequence[str | os.PathLike | None], report: Callable[[int, str], None],
