@@ -55,10 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.results is None and args.checkpoint and args.images:
         from sipmask.data.json_files import read_json
-        from sipmask.evaluation.score_files import detect_format
 
         data = read_json(args.ann, AnnotationError)
-        if detect_format(data, args.ann) == "ytvis":
+        if isinstance(data, dict) and "videos" in data:  # YouTube-VIS; anything else is checked as COCO
             return run_video(args, data)
     if args.tracker is not None:
         raise ConfigError("--tracker is for YouTube-VIS annotations with --checkpoint (video evaluation); "
