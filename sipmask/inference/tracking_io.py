@@ -19,7 +19,7 @@ from sipmask.data.image_io import read_image
 from sipmask.errors import ConfigError, SipMaskError
 
 __all__ = ["TRACKERS", "DEFAULT_TRACKER", "EMBEDDING_TRACKERS", "is_video_model", "check_tracker",
-           "read_frames", "track_frames", "TrackedVideo", "resize_masks"]
+           "read_frames", "track_frames", "TrackedVideo", "resize_masks", "frame_paths"]
 
 #: `--tracker` choices (sipmask.tracking.make_tracker names); the default is the first.
 TRACKERS: tuple[str, ...] = ("sipmask", "official", "iou")
