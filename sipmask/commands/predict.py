@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sipmask.commands.arguments import add_device_argument, add_progress_argument, probability
-from sipmask.errors import SipMaskError
+from sipmask.errors import ConfigError, SipMaskError
+from sipmask.inference.tracking_io import DEFAULT_TRACKER, TRACKERS
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 
 #: Frame rate written for webcam recordings: V4L2 capture through PyAV does not report one reliably.
 WEBCAM_FPS = 30
+#: Default frame rate of the drawn video of a folder of frames (`--fps`).
+FRAMES_FPS = 30.0
 #: Quality of the drawn JPEG images (drawn overlays stay crisp; files stay small).
 JPEG_QUALITY = 92
 #: Errors of one input that must not stop the others (reported by name, exit code 1).
@@ -39,6 +42,17 @@ def score_thr_help() -> str:
             "SipMask++ mask_score is not thresholded")
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a frame rate); `type=` for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict", help="segment images, folders, glob patterns, videos or a webcam",
@@ -48,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "score; SipMask++ also mask_score, the score of the mask) and, with --save-masks, one "
                     "PNG per instance. Exit code 1 when some inputs failed (each is reported with the reason).")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders, glob patterns (quoted), video files or a webcam index (0)")
+                   help="image files, folders, glob patterns (quoted), video files or a webcam index (0); when "
+                   "tracking, a folder's images are one sequence of frames (in name order)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="sipmask checkpoint or official SipMask weights file")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -57,6 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device_argument(p)
     add_progress_argument(p)
     p.add_argument("--save-masks", action="store_true", help="also write one PNG mask per instance")
+    p.add_argument("--tracker", choices=TRACKERS, default=None,
+                   help="track objects through videos, webcams and folders of frames (default with a SipMask-VIS "
+                   f"checkpoint: {DEFAULT_TRACKER}; official: the official tracker; iou: box overlap alone, the one "
+                   "an image checkpoint can use): drawn video coloured by track id, tracks.json (YouTube-VIS "
+                   "results), track_id on every detection of results.json. Images are segmented as images")
+    p.add_argument("--fps", type=positive_float, default=FRAMES_FPS, metavar="FPS",
+                   help=f"frame rate of the drawn video of a folder of frames (default {FRAMES_FPS})")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
     p.add_argument("--onnx", default=None, metavar="FILE",
                    help="ONNX file from `sipmask export` for --backend onnxruntime (default: export in memory)")
@@ -70,6 +92,9 @@ class _Outputs:
         self.out = out
         self.save_masks = save_masks
         self.results: list[dict[str, Any]] = []
+        self.tracks: list[dict[str, Any]] = []  # YouTube-VIS results entries of the tracked inputs
+        self.failures: list[str] = []  # problems within an input that still gave outputs (reported, exit code 1)
+        self.warnings: list[str] = []  # things changed to make an input work (reported)
         self._taken: set[str] = set()
         self._next_image_id = 1
 
@@ -83,8 +108,9 @@ class _Outputs:
         return candidate
 
     def add(self, result: dict[str, Any], file_name: str, drawing: str, predictor: Predictor, mask_prefix: str,
-            frame_index: int | None = None) -> None:
-        """Collect the COCO result entries of one image or frame; `drawing`: its drawn file in the output folder."""
+            frame_index: int | None = None, video_id: int | None = None) -> None:
+        """Collect the COCO result entries of one image or frame; `drawing`: its drawn file in the output folder.
+        A tracked frame (`result["track_ids"]`) gives each entry its `track_id` and the `video_id` of tracks.json."""
         from PIL import Image
 
         image_id = self._next_image_id
@@ -96,6 +122,9 @@ class _Outputs:
             entry["drawing"] = drawing
             if frame_index is not None:
                 entry["frame_index"] = frame_index
+            if "track_ids" in result:
+                entry["video_id"] = video_id
+                entry["track_id"] = int(result["track_ids"][i])
             if masks is not None:
                 rel = Path("masks") / f"{mask_prefix}_{i:03d}.png"
                 (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +140,9 @@ def _total_frames(sources: list[Source]) -> int | None:
     for source in sources:
         if source.kind == "image":
             total += 1
+            continue
+        if source.kind == "frames":
+            total += len(source.frames)
             continue
         if source.kind == "webcam":
             return None
@@ -146,12 +178,12 @@ def _video(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: f
     from sipmask.inference.video_io import VideoWriter, iter_video_frames, iter_webcam_frames, video_info
 
     if source.kind == "webcam":
-        frames = iter_webcam_frames(source.webcam_index)
+        frames = iter_webcam_frames(source.webcam_index, outputs.failures.append)
         stem = outputs.unique_stem(None, f"webcam{source.webcam_index}")
         fps, size, file_name = WEBCAM_FPS, None, source.name
     else:
         info = video_info(source.path)
-        frames = iter_video_frames(source.path)
+        frames = iter_video_frames(source.path, outputs.failures.append)
         stem = outputs.unique_stem(source.path, "video")
         fps, size, file_name = info.fps, (info.width, info.height), str(source.path)
     writer = None
@@ -173,6 +205,85 @@ def _video(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: f
         if writer is not None:
             writer.close()
     return True
+
+
+class _Tracking:
+    """The tracking options of one predict run and the next video id of tracks.json."""
+
+    def __init__(self, tracker: str, fps: float) -> None:
+        self.tracker = tracker
+        self.fps = fps
+        self.next_video_id = 1
+
+
+def _tracked(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: float | None, bar: tqdm,
+             tracking: _Tracking) -> bool:
+    """Track a video, webcam or folder of frames (Predictor.track): a drawn video coloured by track id at the
+    input's frame rate and (first frame's) size, one tracks.json entry per track, results.json entries with
+    track ids. Frames decoded before a failure are kept and written. False if a webcam was interrupted."""
+    from sipmask.inference.draw import draw_instances
+    from sipmask.inference.tracking_io import TrackedVideo, read_frames, resize_masks, track_frames
+    from sipmask.inference.video_io import VideoWriter, iter_video_frames, iter_webcam_frames, video_info
+
+    video_id = tracking.next_video_id
+    tracking.next_video_id += 1
+    size, count = None, None
+    if source.kind == "webcam":
+        frames = iter_webcam_frames(source.webcam_index, outputs.failures.append)
+        stem = outputs.unique_stem(None, f"webcam{source.webcam_index}")
+        fps, name = WEBCAM_FPS, source.name
+    elif source.kind == "video":
+        info = video_info(source.path)
+        frames = iter_video_frames(source.path, outputs.failures.append)
+        stem = outputs.unique_stem(source.path, "video")
+        fps, size, name = info.fps, (info.width, info.height), str(source.path)
+    else:  # a folder of frames
+        def skipped(index: int, reason: str) -> None:
+            outputs.failures.append(f"{source.name}: frame {index}: {reason}; skipped")
+
+        frames = read_frames(source.frames, skipped)
+        stem = outputs.unique_stem(source.path, "frames")
+        fps, name, count = tracking.fps, str(source.path), len(source.frames)
+    drawing = f"{stem}.mp4"
+    collected = TrackedVideo()
+    writer, resized, completed, last = None, [], True, -1
+    try:
+        for index, frame, result in track_frames(predictor, frames, tracking.tracker, score_thr):
+            height, width = frame.shape[:2]
+            if writer is None:
+                size = size or (width, height)
+                writer = VideoWriter(outputs.out / drawing, fps, *size)
+            drawn = draw_instances(frame, result, predictor.class_names, track_ids=result["track_ids"])
+            masks = result["masks"]
+            if (width, height) != size:  # drawn video and tracks.json keep the first frame's size
+                from PIL import Image
+
+                resized.append(index)
+                drawn = np.asarray(Image.fromarray(drawn).resize(size, Image.BILINEAR))
+                masks = resize_masks(masks, size[1], size[0])
+            writer.write(drawn)
+            collected.add(index, {**result, "masks": masks})
+            file_name = str(source.frames[index]) if source.kind == "frames" else name
+            outputs.add(result, file_name, drawing, predictor, f"{stem}/{index:06d}", frame_index=index,
+                        video_id=video_id)
+            last = index
+            bar.update(1)
+    except KeyboardInterrupt:
+        if source.kind != "webcam":
+            raise
+        completed = False  # Ctrl-C ends a webcam recording; its outputs are finished below
+    finally:
+        if writer is not None:
+            writer.close()
+        entries = collected.entries(video_id, predictor.category_ids, count if count is not None else last + 1)
+        for entry in entries:
+            entry["file_name"] = name
+        outputs.tracks.extend(entries)
+        if resized:
+            outputs.warnings.append(
+                f"{source.name}: {len(resized)} frame(s) of another size than the first frame's {size[0]}x{size[1]} "
+                f"(first: frame {resized[0]}); resized to it in {drawing} and tracks.json")
+    return completed
 
 
 def run(args: argparse.Namespace) -> int:
@@ -198,7 +309,16 @@ def run(args: argparse.Namespace) -> int:
                                               onnx_path=args.onnx)
     except ValueError as err:  # an unavailable device, a bad option
         raise SipMaskError(str(err)) from None
-    sources, problems = collect_sources(args.inputs)
+    from sipmask.inference import tracking_io
+
+    tracking = None
+    if args.tracker is not None or tracking_io.is_video_model(predictor.cfg):
+        tracking = _Tracking(args.tracker or DEFAULT_TRACKER, args.fps)
+        tracking_io.check_tracker(predictor.cfg, tracking.tracker)
+    elif args.fps != FRAMES_FPS:
+        raise ConfigError("--fps is the frame rate of a tracked folder of frames: it needs --tracker (or a "
+                          "SipMask-VIS checkpoint)")
+    sources, problems = collect_sources(args.inputs, frame_folders=tracking is not None)
     failures = [f"{name}: {reason}" for name, reason in problems]
     for message in failures:
         print(f"failed: {message}", file=sys.stderr)
@@ -211,6 +331,10 @@ def run(args: argparse.Namespace) -> int:
             try:
                 if source.kind == "image":
                     _image(predictor, source, outputs, args.score_thr, bar)
+                elif tracking is not None:
+                    if not _tracked(predictor, source, outputs, args.score_thr, bar, tracking):
+                        done += 1
+                        break
                 elif not _video(predictor, source, outputs, args.score_thr, bar):
                     done += 1
                     break
@@ -221,11 +345,23 @@ def run(args: argparse.Namespace) -> int:
                 failures.append(message)
                 if source.kind == "image":
                     bar.update(1)
+            finally:
+                for message in outputs.warnings:
+                    bar.write(f"warning: {message}", file=sys.stderr)
+                for message in outputs.failures:  # problems inside an input whose outputs were still written
+                    bar.write(f"failed: {message}", file=sys.stderr)
+                failures += outputs.failures
+                outputs.failures.clear()
+                outputs.warnings.clear()
     finally:
         bar.close()
         write_json(out / "results.json", outputs.results)
-    print(f"{done} of {len(sources) + len(problems)} inputs segmented, {len(outputs.results)} detections "
-          f"-> {out}/ (drawn results, results.json)")
+        if tracking is not None:
+            write_json(out / "tracks.json", outputs.tracks)
+    written = "drawn results, results.json" + (", tracks.json" if tracking is not None else "")
+    tracked = f", {len(outputs.tracks)} tracks (tracker {tracking.tracker})" if tracking is not None else ""
+    print(f"{done} of {len(sources) + len(problems)} inputs segmented, {len(outputs.results)} detections"
+          f"{tracked} -> {out}/ ({written})")
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for message in failures:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["draw_instances", "instance_colors"]
+__all__ = ["draw_instances", "instance_colors", "track_colors"]
 
 MASK_ALPHA = 0.5  # mask colour weight in the blend: the image stays visible under the mask
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895  # hue step giving well separated successive colours
@@ -20,9 +20,16 @@ OUTLINE_DARKEN = 0.55  # outline colour = instance colour scaled by this (visibl
 
 def instance_colors(count: int) -> np.ndarray:
     """Distinct, deterministic RGB colours [count, 3] uint8 (golden-ratio hue steps)."""
-    hues = (np.arange(count) * GOLDEN_RATIO_CONJUGATE + 0.1) % 1.0
+    return track_colors(np.arange(count))
+
+
+def track_colors(ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The colour of each id [N, 3] uint8: the same id gets the same colour in every frame (colour k
+    of `instance_colors`)."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    hues = (ids * GOLDEN_RATIO_CONJUGATE + 0.1) % 1.0
     rgb = [colorsys.hsv_to_rgb(h, 0.75, 0.95) for h in hues]
-    return (np.asarray(rgb, dtype=np.float64).reshape(count, 3) * 255).round().astype(np.uint8)
+    return (np.asarray(rgb, dtype=np.float64).reshape(len(ids), 3) * 255).round().astype(np.uint8)
 
 
 def _as_numpy(value: Any, name: str) -> np.ndarray:
@@ -78,6 +85,7 @@ def draw_instances(
     result: Mapping[str, Any],
     class_names: Sequence[str] | None = None,
     score_thr: float = 0.0,
+    track_ids: Any = None,
 ) -> np.ndarray:
     """Draw masks (per-instance colours, alpha blended, outlined), boxes, class names and scores.
 
@@ -87,6 +95,8 @@ def draw_instances(
             optional `masks` bool [N, H, W]; numpy arrays or torch tensors.
         class_names: names indexed by label; None (or a label outside it) shows the label number.
         score_thr: instances with a score below this are not drawn.
+        track_ids: optional [N] ints (default `result["track_ids"]` when present): colour by track id
+            (`track_colors`, the same in every frame) and "#id" in front of each label.
     Returns:
         A new HxWx3 uint8 RGB array.
     """
@@ -100,8 +110,12 @@ def draw_instances(
     labels = _as_numpy(result.get("labels", np.zeros(count)), "labels").astype(np.int64).reshape(-1)
     masks = result.get("masks")
     masks = None if masks is None else _as_numpy(masks, "masks")
-    if len(scores) != count or len(labels) != count:
-        raise ValueError(f"result has {count} boxes, {len(scores)} scores and {len(labels)} labels")
+    if track_ids is None:
+        track_ids = result.get("track_ids")
+    ids = None if track_ids is None else _as_numpy(track_ids, "track_ids").astype(np.int64).reshape(-1)
+    if len(scores) != count or len(labels) != count or (ids is not None and len(ids) != count):
+        raise ValueError(f"result has {count} boxes, {len(scores)} scores, {len(labels)} labels"
+                         + ("" if ids is None else f" and {len(ids)} track ids"))
     if masks is not None and masks.shape != (count, height, width):
         raise ValueError(f"result['masks'] has shape {masks.shape}, expected {(count, height, width)}")
 
@@ -110,7 +124,7 @@ def draw_instances(
     if keep.size == 0:
         return out
     order = keep[np.argsort(scores[keep], kind="stable")]  # highest score drawn last, on top
-    colors = instance_colors(count)
+    colors = instance_colors(count) if ids is None else track_colors(ids)
     longer = max(height, width)
     line_width = max(1, round(longer * LINE_FRACTION))
 
@@ -135,7 +149,7 @@ def draw_instances(
         x1, y1 = np.clip(boxes[i, :2], 0, [width - 1, height - 1])
         label = int(labels[i])
         name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
-        text = f"{name} {scores[i]:.2f}"
+        text = f"{name} {scores[i]:.2f}" if ids is None else f"#{ids[i]} {name} {scores[i]:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         box_w, box_h = right - left + 2 * pad, bottom - top + 2 * pad
         tx = min(x1, max(0.0, width - box_w))  # keep the label inside the image

@@ -16,12 +16,14 @@ _GLOB_CHARS = ("*", "?", "[")
 
 @dataclass(frozen=True)
 class Source:
-    """One input: kind "image", "video" or "webcam"; `name` is how the user named it (for messages)."""
+    """One input: kind "image", "video", "webcam" or "frames" (a folder's images as one frame sequence,
+    in `frames`, sorted by name); `name` is how the user named it (for messages)."""
 
     kind: str
     name: str
     path: Path | None = None
     webcam_index: int | None = None
+    frames: tuple[Path, ...] = ()
 
 
 def _file_source(path: Path) -> Source:
@@ -37,12 +39,13 @@ def _folder_sources(folder: Path) -> list[Source]:
     return [_file_source(p) for p in files]
 
 
-def collect_sources(inputs: list[str]) -> tuple[list[Source], list[tuple[str, str]]]:
+def collect_sources(inputs: list[str], frame_folders: bool = False) -> tuple[list[Source], list[tuple[str, str]]]:
     """Expand the command line inputs in order.
 
     Returns (sources, problems): problems are (input, reason) for inputs that name nothing usable
     (a missing file, a glob or folder without images or videos). A bare integer that is not an
-    existing file is a webcam index (/dev/video<N>).
+    existing file is a webcam index (/dev/video<N>). With `frame_folders` (tracking), a folder's
+    images are one "frames" source (a frame sequence in name order); its videos stay videos.
     """
     sources: list[Source] = []
     problems: list[tuple[str, str]] = []
@@ -60,6 +63,10 @@ def collect_sources(inputs: list[str]) -> tuple[list[Source], list[tuple[str, st
             found = _folder_sources(path)
             if not found:
                 problems.append((text, "folder holds no image or video files"))
+            images = tuple(s.path for s in found if s.kind == "image")
+            if frame_folders and images:
+                add(Source("frames", text, path, frames=images))
+                found = [s for s in found if s.kind != "image"]
             for source in found:
                 add(source)
         elif path.exists():

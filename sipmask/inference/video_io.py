@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +23,8 @@ H264_PRESET = "veryfast"  # encoding must keep up with real-time inference on a 
 MPEG4_BITS_PER_PIXEL = 0.2  # fallback encoder's bit rate per pixel per frame (default 200 kb/s is blurry)
 FPS_MAX_DENOMINATOR = 10_000  # float frame rates -> exact fractions (29.97 -> 2997/100, 12.5 -> 25/2)
 
+#: Why a webcam stream that ends before its first frame failed.
+WEBCAM_NO_FRAME = "the webcam delivered no frame (is another program using it, or is it still starting?)"
 #: What PyAV raises for unreadable media and devices (FFmpeg errors, and OS errors such as permissions).
 _AV_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, OSError)
 
@@ -87,11 +89,15 @@ def video_info(path: str | os.PathLike) -> VideoInfo:
         container.close()
 
 
-def _decode(container: av.container.InputContainer, name: str) -> Iterator[tuple[int, np.ndarray]]:
+def _decode(container: av.container.InputContainer, name: str, on_stop: Callable[[str], None] | None = None,
+            no_frame: str = "the video has no decodable frames") -> Iterator[tuple[int, np.ndarray]]:
     """Yield (index, HxWx3 uint8 RGB) until the stream ends or a frame cannot be decoded.
 
-    Raises ImageReadError naming `name` when not a single frame decodes.
+    Raises ImageReadError naming `name` when not a single frame decodes (`no_frame` says why when
+    the stream simply ends). An early stop after some frames is logged as a warning, or handed to
+    `on_stop(message)` when given.
     """
+    warn = on_stop or (lambda message: logger.warning("%s", message))
     index = 0
     try:
         stream = container.streams.video[0]
@@ -105,32 +111,35 @@ def _decode(container: av.container.InputContainer, name: str) -> Iterator[tuple
             except _AV_ERRORS as err:
                 if index == 0:
                     raise ImageReadError(f"{name}: no frame could be decoded ({err})") from err
-                logger.warning("%s: stopped after %d frames: frame %d cannot be decoded (%s)", name, index, index, err)
+                warn(f"{name}: stopped after {index} frames: frame {index} cannot be decoded ({err})")
                 return
             yield index, frame.to_ndarray(format="rgb24")
             index += 1
         if index == 0:
-            raise ImageReadError(f"{name}: the video has no decodable frames")
+            raise ImageReadError(f"{name}: {no_frame}")
         if stream.frames and index < stream.frames:  # the stream ended before the header's frame count
-            logger.warning("%s: the file ends early: %d of the %d frames its header declares were decoded",
-                           name, index, stream.frames)
+            warn(f"{name}: the file ends early: {index} of the {stream.frames} frames its header declares "
+                 "were decoded")
     finally:
         container.close()
 
 
-def iter_video_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray]]:
+def iter_video_frames(path: str | os.PathLike,
+                      on_stop: Callable[[str], None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Frames of a video file as (index, HxWx3 uint8 RGB), index counting from 0.
 
     A file that cannot be opened, or that yields no frame at all, raises ImageReadError naming it
     (at this call for unreadable files, at the first `next` when no frame decodes). A video that
-    ends early or hits a corrupt frame after some good ones stops there with a logged warning.
+    ends early or hits a corrupt frame after some good ones stops there with a logged warning (or
+    a call of `on_stop(message)`).
     """
     name = _check_file(path)
     container, _ = _open_video(name)
-    return _decode(container, name)
+    return _decode(container, name, on_stop)
 
 
-def iter_webcam_frames(index: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+def iter_webcam_frames(index: int = 0,
+                       on_stop: Callable[[str], None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Frames of webcam /dev/video<index> (Linux V4L2) as (index, HxWx3 uint8 RGB), until it stops."""
     device = f"/dev/video{index}"
     label = f"webcam {index} ({device})"
@@ -139,7 +148,7 @@ def iter_webcam_frames(index: int = 0) -> Iterator[tuple[int, np.ndarray]]:
     if not Path(device).exists():
         raise ImageReadError(f"{label}: no such device (is a camera connected and is the index right?)")
     container, _ = _open_video(device, label, format="v4l2")
-    return _decode(container, label)
+    return _decode(container, label, on_stop, no_frame=WEBCAM_NO_FRAME)
 
 
 class VideoWriter:
