@@ -366,6 +366,8 @@ class _Trainer:
 
     # -- pieces of the loop -----------------------------------------------------------------
     def _evaluate(self) -> dict[str, Any] | None:
+        if self.video:
+            return broadcast_object(self.ctx, self._evaluate_video() if self.ctx.is_main else None)
         from sipmask.evaluation.coco_eval import evaluate_model
 
         metrics = evaluate_model(
@@ -395,6 +397,15 @@ class _Trainer:
         values["loss"] = sum(v for k, v in values.items() if k in losses)
         return values
 
+    def _evaluate_video(self) -> dict[str, Any]:
+        """Video mask AP and tracking figures on the val videos with the default tracker (main process)."""
+        from sipmask.evaluation.video_eval import evaluate_video_model
+        from sipmask.inference.predictor import Predictor
+
+        predictor = Predictor(self._bare_model, self.dataset.class_names, self.dataset.label_to_cat_id,
+                              device=self.ctx.device)
+        return evaluate_video_model(predictor, self.opts.val_images, self.opts.val_ann)
+
     def _evaluate_and_track(self, done: int, logger: _Logger, bar: Any) -> bool:
         """Evaluate on the val split; True when this is the best mask AP so far."""
         metrics = self._evaluate()
@@ -405,7 +416,11 @@ class _Trainer:
             self.best_metric, best = score, True
         if self.ctx.is_main:
             logger.write({"iter": done, "eval": metrics, "best": best})
-            message = f"iter {done}: " + ", ".join(f"{t} AP {m['AP']:.3f}" for t, m in metrics.items())
+            message = f"iter {done}: " + ", ".join(f"{t} AP {m['AP']:.3f}" for t, m in metrics.items() if "AP" in m)
+            if "tracking" in metrics:
+                track = metrics["tracking"]
+                message += (f" (video), ID switches {track['num_switches']}, MOTA {track['mota']:.3f}, "
+                            f"IDF1 {track['idf1']:.3f}")
             (bar.write if bar is not None else print)(message)
         return best
 
