@@ -40,14 +40,13 @@ motion term and the feature mean are the consistent gains.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from dataclasses import dataclass
 
 import motmetrics as mm
 import numpy as np
 import torch
 
+from sipmask.inference.benchmark import tracker_update_ms
 from sipmask.tracking import make_tracker
 
 WIDTH, HEIGHT = 640, 360
@@ -165,24 +164,6 @@ def evaluate(name: str, options: dict, videos: list[tuple[Video, list[dict]]]) -
     return {"switches": int(overall["num_switches"]), "mota": float(overall["mota"]), "idf1": float(overall["idf1"])}
 
 
-def time_update(name: str, tracks: int = 20, calls: int = 300, dim: int = 512) -> float:
-    """Median ms of `update` with `tracks` live tracks and as many detections (moving slightly)."""
-    rng = np.random.default_rng(0)
-    tracker = make_tracker(name)
-    centres = rng.uniform(50, 600, (tracks, 2))
-    feats = torch.tensor(_unit(rng.normal(size=(tracks, dim))) * EMBED_SCALE, dtype=torch.float32)
-    times = []
-    for t in range(calls):
-        c = centres + t * 0.5
-        boxes = torch.tensor(np.concatenate([c - 20, c + 20], axis=1), dtype=torch.float32)
-        det = {"boxes": boxes, "scores": torch.full((tracks,), 0.8), "labels": torch.zeros(tracks, dtype=torch.int64),
-               "embeddings": feats}
-        start = time.perf_counter()
-        tracker.update(det)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times[10:])
-
-
 ABLATIONS = {
     "sipmask": {},
     "  greedy (official assignment)": {"assignment": "greedy"},
@@ -214,7 +195,7 @@ def main() -> None:
     runs = [("official", "official", {}), ("iou", "iou", {})]
     runs += [(label, "sipmask", opts) for label, opts in ABLATIONS.items()] if args.ablation else [("sipmask", "sipmask", {})]
     names = ("official", "sipmask", "iou")
-    rounds = [{name: time_update(name, calls=120) for name in names} for _ in range(5)]  # interleaved
+    rounds = [{name: tracker_update_ms(name, calls=120) for name in names} for _ in range(5)]  # interleaved
     speed = {name: min(r[name] for r in rounds) for name in names}  # the quietest round of a shared CPU
     print("| tracker | IDs | MOTA | IDF1 | ms / frame (20 tracks) |")
     print("| --- | --- | --- | --- | --- |")

@@ -140,6 +140,40 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+#: Live tracks (and detections a frame) at which `sipmask bench` times the trackers of a video model.
+BENCH_LIVE_TRACKS = 20
+#: Tracker updates timed per tracker (the first few, which fill the memory, are left out).
+BENCH_TRACKER_CALLS = 200
+BENCH_TRACKER_WARMUP = 10
+
+
+def tracker_bench_frames(tracks: int = BENCH_LIVE_TRACKS, calls: int = BENCH_TRACKER_CALLS,
+                         dim: int = 512) -> list[dict[str, torch.Tensor]]:
+    """`calls` frames of `tracks` detections (40 px boxes, `dim`-d embeddings) all moving half a pixel a
+    frame: after the first frame every detection continues a live track."""
+    gen = torch.Generator().manual_seed(BENCH_SEED)
+    centres = torch.rand(tracks, 2, generator=gen) * 550 + 50
+    feats = torch.nn.functional.normalize(torch.randn(tracks, dim, generator=gen), dim=1) * 4.0
+    return [{"boxes": torch.cat([centres + t * 0.5 - 20, centres + t * 0.5 + 20], dim=1),
+             "scores": torch.full((tracks,), 0.8), "labels": torch.zeros(tracks, dtype=torch.int64),
+             "embeddings": feats} for t in range(calls)]
+
+
+def tracker_update_ms(name: str, tracks: int = BENCH_LIVE_TRACKS, calls: int = BENCH_TRACKER_CALLS,
+                      dim: int = 512) -> float:
+    """Median ms of one `update` of a new tracker `name` over `tracker_bench_frames` (the first
+    BENCH_TRACKER_WARMUP calls, which fill its memory, left out)."""
+    from sipmask.tracking import make_tracker
+
+    tracker = make_tracker(name)
+    times = []
+    for result in tracker_bench_frames(tracks, calls, dim):
+        start = time.perf_counter()
+        tracker.update(result)
+        times.append(time.perf_counter() - start)
+    return 1e3 * _median(times[BENCH_TRACKER_WARMUP:])
+
+
 def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time everything `opts` asks for; returns a JSON-ready dict of medians, per-run figures and ratios."""
     threads = opts.threads or os.cpu_count() or 1
@@ -162,12 +196,17 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
     counts: dict[str, int] = {}
     ort_check: dict[str, Any] | None = None
     thr = _forced_score_thr(predictor.cfg)
+    tracking = predictor.model.head.tracking  # None for an image model
+    if tracking is not None:
+        stages["tracking_branch"] = []
     with torch.inference_mode():
         for i in range(opts.warmup + opts.runs):
             measured = i >= opts.warmup
             t_pre, (batch, metas) = timer(lambda: predictor.preprocess([image]))
             t_feat, feats = timer(lambda: predictor.features(batch))
             t_head, out = timer(lambda: predictor.head(feats))
+            if tracking is not None:
+                t_track, _ = timer(lambda: tracking(feats))
             t_post, results = timer(lambda: predictor.postprocess(out, metas, thr))
             t_whole, result = timer(lambda: predictor(image, thr))
             counts["sipmask"] = len(result["scores"])
@@ -195,6 +234,8 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
             for name, value in (("preprocess", t_pre), ("backbone_fpn", t_feat), ("head", t_head),
                                 ("network", t_feat + t_head), ("postprocess", t_post)):
                 stages[name].append(value)
+            if tracking is not None:
+                stages["tracking_branch"].append(t_track)
             whole.append(t_whole)
             if ort is not None:
                 ort_times["onnxruntime_network"].append(t_ort_net)
@@ -218,10 +259,20 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
             [p / n for p, n in zip(stages["postprocess"], stages["network"])]),
         "predict_over_backbone_fpn": median["predict"] / median["backbone_fpn"],
     }
+    tracker_ms = None
+    if tracking is not None:
+        # the branch runs inside the head: its share of the network time, and each tracker's cost a frame
+        ratios["tracking_branch_over_network"] = median["tracking_branch"] / median["network"]
+        from sipmask.tracking import TRACKERS
+
+        dim = predictor.cfg.head.track_channels
+        tracker_ms = {name: tracker_update_ms(name, dim=dim) for name in TRACKERS}
     if ort is not None:
         ratios["onnxruntime_over_torch_network"] = median["onnxruntime_network"] / median["network"]
         ratios["onnxruntime_over_torch_predict"] = median["onnxruntime_predict"] / median["predict"]
     acceptance = {"postprocess_le_10pct_of_network": ratios["postprocess_over_network"] <= 0.10}
+    if tracker_ms is not None:
+        acceptance["tracker_le_2ms_at_20_tracks"] = max(tracker_ms.values()) <= 2.0
     if mr_times:
         ratios["predict_over_maskrcnn"] = median["predict"] / median["maskrcnn"]
         ratios["predict_over_maskrcnn_run_median"] = _median([p / m for p, m in zip(whole, mr_times)])
@@ -246,6 +297,7 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
         "runs_s": {**stages, "predict": whole, **{k: v for k, v in ort_times.items() if v},
                    **({"maskrcnn": mr_times} if mr_times else {})},
         "onnxruntime_vs_torch": ort_check,
+        "tracker_ms_per_frame": ({"live_tracks": BENCH_LIVE_TRACKS, **tracker_ms} if tracker_ms else None),
         "ratios": ratios,
         "acceptance": acceptance,
     }
@@ -261,6 +313,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {name:<14}{value * 1e3:10.1f} ms")
     for name, value in report["ratios"].items():
         lines.append(f"  {name:<40}{value:6.3f}")
+    if report.get("tracker_ms_per_frame"):
+        per = dict(report["tracker_ms_per_frame"])
+        live = per.pop("live_tracks")
+        lines.append(f"  tracker update at {live} live tracks: "
+                     + ", ".join(f"{name} {ms:.2f} ms" for name, ms in per.items()))
     if report.get("onnxruntime_vs_torch"):
         lines.append(f"  ONNX Runtime vs PyTorch results: {report['onnxruntime_vs_torch']}")
     for name, value in report["acceptance"].items():
