@@ -20,6 +20,8 @@ from sipmask.config import SipMaskConfig
 from sipmask.data.coco import CocoDataset
 from sipmask.data.loader import TrainBatchSampler, iters_per_epoch, make_train_loader
 from sipmask.data.synth_coco import write_synthetic_coco
+from sipmask.data.synth_ytvis import write_synthetic_ytvis
+from sipmask.data.video_pairs import VideoPairDataset
 from sipmask.data.transforms import TrainTransform
 from sipmask.model.detector import build_model
 from sipmask.train.schedule import make_schedule
@@ -58,8 +60,8 @@ def _run(cmd: list[str], timeout: float = 240) -> tuple[int, str, float]:
     return proc.returncode, err, time.monotonic() - start
 
 
-def _train_args(data: dict[str, Path], iters: int, *extra: str) -> list[str]:
-    return ["-m", "sipmask", "train", "--config", "tiny", "--train-images", str(data["train_images"]),
+def _train_args(data: dict[str, Path], iters: int, *extra: str, config: str = "tiny") -> list[str]:
+    return ["-m", "sipmask", "train", "--config", config, "--train-images", str(data["train_images"]),
             "--train-ann", str(data["train_ann"]), "--iters", str(iters), "--batch-size", str(TOTAL_BATCH),
             "--workers", "0", "--log-every", "1", "--no-progress", "--device", "cpu", "--seed", str(SEED),
             *SMALL_OVERRIDES,
@@ -93,18 +95,18 @@ def _run_update(run: Path, w0: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _expected_update(data: dict[str, Path], cfg: SipMaskConfig, world_size: int,
-                     average: bool = True) -> tuple[torch.Tensor, dict]:
+                     average: bool = True, dataset_type: type = CocoDataset) -> tuple[torch.Tensor, dict]:
     """(w - w0, w0) of one SGD step computed here, as `world_size` DDP processes do it: each process's
     losses over its own share of the batch, with its own normalisers (positives, images, centerness
     targets of that share), and the mean of the processes' gradients (their sum: average=False)."""
     torch.manual_seed(SEED)  # as the trainer: the same initial weights in every process and run
     model = build_model(cfg).train()
     w0 = {k: v.clone() for k, v in model.state_dict().items()}
-    dataset = CocoDataset(data["train_images"], data["train_ann"], TrainTransform(cfg.input), seed=SEED)
+    dataset = dataset_type(data["train_images"], data["train_ann"], TrainTransform(cfg.input), seed=SEED)
     for rank in range(world_size):
         sampler = TrainBatchSampler(len(dataset), TOTAL_BATCH, 1, SEED, 0, rank, world_size, cfg.train.repeat_dataset)
         images, targets, _ = next(iter(make_train_loader(dataset, sampler, 0)))
-        losses = model(images, targets)
+        losses = {k: v for k, v in model(images, targets).items() if k.startswith("loss")}  # not match_acc
         (sum(losses.values()) / (world_size if average else 1)).backward()  # DDP: gradients averaged
     optimizer = torch.optim.SGD(param_groups(model, cfg.train, cfg.train.lr), lr=cfg.train.lr,
                                 momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
@@ -182,6 +184,21 @@ def test_ddp_checkpoint_evaluates_like_one_process(runs, tmp_path):
         r1 = json.loads((tmp_path / f"r1.{kind}.json").read_text())
         r2 = json.loads((tmp_path / f"r2.{kind}.json").read_text())
         assert len(r1) > 0 and r1 == r2  # the sharded results, merged, are the one-process results
+
+
+def test_video_model_under_torchrun_gives_the_per_rank_update(tmp_path):
+    """tiny_vis on YouTube-VIS pairs with 2 processes: every rank also runs its reference frames, and the
+    one-step update is the per-rank-normaliser update computed here (the matching loss included)."""
+    data = write_synthetic_ytvis(tmp_path / "vis", num_videos=2, frames=4, size=64, seed=3, val_videos=1)
+    code, err, _ = _run([*TORCHRUN, *_train_args(data, 1, config="tiny_vis"), "--out", str(tmp_path / "ddp")])
+    assert code == 0, err[-3000:]
+    state = read_checkpoint(tmp_path / "ddp" / "last.pth")
+    assert state["preset"] == "tiny_vis" and any(k.startswith("head.tracking.") for k in state["model"])
+    log = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert "loss_match" in next(x for x in log if "losses" in x)["losses"]
+    cfg = SipMaskConfig.from_dict(state["config"])
+    per_rank, w0 = _expected_update(data, cfg, world_size=2, dataset_type=VideoPairDataset)
+    assert _distance(_run_update(tmp_path / "ddp", w0), per_rank) < UPDATE_TOL
 
 
 # ---- an error in one process ---------------------------------------------------------------------------------
