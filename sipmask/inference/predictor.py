@@ -251,9 +251,19 @@ class Predictor:
                 raise ValueError(f"frame {index}: {err}") from None
             with torch.inference_mode():
                 batch, metas = self.preprocess([array])
-                result = self.postprocess(self.network(batch), metas, score_thr)[0]
-            ids = tracker.update(result)
-            yield {**select_detections(result, ids >= 0), "track_ids": ids[ids >= 0], "frame_index": int(index)}
+                out = self.network(batch)
+            yield self.track_frame(out, metas[0], tracker, int(index), score_thr)
+
+    def track_frame(self, out: HeadOutput, meta: ImageMeta, tracker: Any, frame_index: int,
+                    score_thr: float | None = None) -> dict[str, Any]:
+        """One frame of `track` from the network's output on it (batch of one): postprocess, then
+        `tracker.update` -> the result with only the tracked detections, `track_ids` and `frame_index`.
+        `track` runs every frame through here; the tracker (a `sipmask.tracking.Tracker`) keeps the
+        state between calls."""
+        with torch.inference_mode():
+            result = self.postprocess(out, [meta], score_thr)[0]
+        ids = tracker.update(result)
+        return {**select_detections(result, ids >= 0), "track_ids": ids[ids >= 0], "frame_index": int(frame_index)}
 
     def to_coco(self, result: dict[str, Any], image_id: int) -> list[dict[str, Any]]:
         """One result -> COCO results entries with this model's category ids and box convention."""
