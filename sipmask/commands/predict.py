@@ -10,7 +10,7 @@ import numpy as np
 
 from sipmask.commands.arguments import add_device_argument, add_progress_argument, probability
 from sipmask.errors import ConfigError, SipMaskError
-from sipmask.inference.tracking_io import DEFAULT_TRACKER, TRACKERS
+from sipmask.tracking import DEFAULT_TRACKER, TRACKERS
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "PNG per instance. Exit code 1 when some inputs failed (each is reported with the reason).")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders, glob patterns (quoted), video files or a webcam index (0); when "
-                   "tracking, a folder's images are one sequence of frames (in name order)")
+                   "tracking, a folder's images are one sequence of frames (in natural name order: 2.jpg before 10.jpg)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="sipmask checkpoint or official SipMask weights file")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device_argument(p)
     add_progress_argument(p)
     p.add_argument("--save-masks", action="store_true", help="also write one PNG mask per instance")
-    p.add_argument("--tracker", choices=TRACKERS, default=None,
+    p.add_argument("--tracker", choices=tuple(TRACKERS), default=None,
                    help="track objects through videos, webcams and folders of frames (default with a SipMask-VIS "
                    f"checkpoint: {DEFAULT_TRACKER}; official: the official tracker; iou: box overlap alone, the one "
                    "an image checkpoint can use): drawn video coloured by track id, tracks.json (YouTube-VIS "
@@ -222,7 +222,8 @@ def _tracked(predictor: Predictor, source: Source, outputs: _Outputs, score_thr:
     input's frame rate and (first frame's) size, one tracks.json entry per track, results.json entries with
     track ids. Frames decoded before a failure are kept and written. False if a webcam was interrupted."""
     from sipmask.inference.draw import draw_instances
-    from sipmask.inference.tracking_io import TrackedVideo, read_frames, resize_masks, track_frames
+    from sipmask.inference.frames import read_frames
+    from sipmask.inference.tracking_io import TrackedVideo, resize_masks, track_frames
     from sipmask.inference.video_io import VideoWriter, iter_video_frames, iter_webcam_frames, video_info
 
     video_id = tracking.next_video_id
@@ -309,12 +310,12 @@ def run(args: argparse.Namespace) -> int:
                                               onnx_path=args.onnx)
     except ValueError as err:  # an unavailable device, a bad option
         raise SipMaskError(str(err)) from None
-    from sipmask.inference import tracking_io
+    from sipmask.inference.tracking_io import check_tracker
 
     tracking = None
-    if args.tracker is not None or tracking_io.is_video_model(predictor.cfg):
+    if args.tracker is not None or predictor.cfg.is_video:
         tracking = _Tracking(args.tracker or DEFAULT_TRACKER, args.fps)
-        tracking_io.check_tracker(predictor.cfg, tracking.tracker)
+        check_tracker(predictor.cfg, tracking.tracker)
     elif args.fps != FRAMES_FPS:
         raise ConfigError("--fps is the frame rate of a tracked folder of frames: it needs --tracker (or a "
                           "SipMask-VIS checkpoint)")
