@@ -106,6 +106,10 @@ def test_official_file_tracks_a_video_through_predict(official, videos, tmp_path
     assert len({e["track_id"] for e in results}) == len(tracks)  # one tracks.json entry per track id
 
 
+def _refuse(constant: str):
+    raise AssertionError(f"{constant} in a JSON file")
+
+
 def test_official_file_evaluates_videos_through_eval(official, videos, tmp_path, capsys):
     path, _ = official
     metrics_file, results_file = tmp_path / "metrics.json", tmp_path / "results.json"
@@ -117,7 +121,7 @@ def test_official_file_evaluates_videos_through_eval(official, videos, tmp_path,
     out = captured.out
     assert "(video model, tracker sipmask)" in out and "2 videos" in out
     assert "video mask AP" in out and "ID switches" in out and "MOTA" in out and "IDF1" in out
-    metrics = json.loads(metrics_file.read_text())  # strict JSON: no NaN
+    metrics = json.loads(metrics_file.read_text(), parse_constant=_refuse)  # strict JSON: no NaN / Infinity
     assert 0.0 <= metrics["segm"]["AP"] <= 1.0
     assert metrics["tracking"]["num_frames"] == 2 * FRAMES and metrics["tracking"]["num_predictions"] > 0
     entries = load_results(results_file, load_ytvis(videos["ann"]))
