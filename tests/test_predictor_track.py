@@ -2,7 +2,6 @@
 sizes, track ids per frame, and a clear error for an embedding tracker without a tracking branch."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

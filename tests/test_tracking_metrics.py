@@ -136,3 +136,17 @@ def test_repeated_track_id_in_a_frame_is_refused():
     gt = _gt([[LEFT]], 1)
     with pytest.raises(ValueError, match="appears twice"):
         tracking_metrics(gt, _pred([[(1, LEFT), (1, RIGHT)]]))
+
+
+def test_motmetrics_distance_helpers_are_not_used():
+    """motmetrics 1.4.0's `distances.iou_matrix` calls np.asfarray, removed in numpy 2: distances are made here."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"\b(mm|motmetrics)\.distances\b|from motmetrics(\.distances)? import .*\b(distances|iou_matrix)\b"
+                         r"|\biou_matrix\(")
+    users = [str(p.relative_to(root)) for folder in ("sipmask", "benchmarks") for p in (root / folder).rglob("*.py")
+             if pattern.search(p.read_text())]
+    assert users == []
+    assert pattern.search("d = mm.distances.iou_matrix(a, b, max_iou=0.5)")  # what it looks for

@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "PNG per instance. Exit code 1 when some inputs failed (each is reported with the reason).")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders, glob patterns (quoted), video files or a webcam index (0); when "
-                   "tracking, a folder's images are one sequence of frames (in natural name order: 2.jpg before 10.jpg)")
+                   "tracking, a folder's images are one sequence of frames (natural name order: 2.jpg before "
+                   "10.jpg)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="sipmask checkpoint or official SipMask weights file")
     p.add_argument("--out", required=True, metavar="DIR")
