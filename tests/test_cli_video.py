@@ -12,24 +12,24 @@ from PIL import Image
 
 from sipmask.cli import main
 from sipmask.data.synth_ytvis import write_synthetic_ytvis
-from sipmask.inference import tracking_io, video_io
+from sipmask.inference import video_io
 from sipmask.inference.draw import draw_instances, track_colors
 from sipmask.inference.video_io import VideoWriter, iter_video_frames, video_info
-from tests.fake_tracking import use_tracking_stand_ins
-from tests.inference_helpers import CATEGORY_IDS, save_tiny_checkpoint
+from sipmask.data.synth_ytvis import CATEGORIES
+from tests.inference_helpers import CATEGORY_IDS, save_tiny_checkpoint, save_tiny_vis_checkpoint
 from tests.test_video_eval import save_ytvis_checkpoint
 
 FRAMES = 6
 
 
-@pytest.fixture(autouse=True)
-def stand_ins(monkeypatch):
-    return use_tracking_stand_ins(monkeypatch)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def vis_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_vis_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_vis.pt")
 
 
 @pytest.fixture(scope="module")
@@ -121,14 +121,14 @@ def test_embedding_tracker_with_image_checkpoint_is_a_clear_error(checkpoint, fr
     assert "--fps" in capsys.readouterr().err
 
 
-def test_video_checkpoint_tracks_sequences_and_segments_images(checkpoint, frames_dir, tmp_path, monkeypatch):
-    """With a video model (stand-in: is_video_model patched until a tiny_vis checkpoint exists here), no
-    --tracker needed; images given by name stay images."""
-    monkeypatch.setattr(tracking_io, "is_video_model", lambda cfg: True)
+def test_video_checkpoint_tracks_sequences_and_segments_images(vis_checkpoint, frames_dir, tmp_path, capsys):
+    """With a video model (tiny_vis), no --tracker needed: the default (embedding) tracker runs at the
+    default score threshold; images given by name stay images."""
     image = tmp_path / "photo.png"
     Image.open(sorted(frames_dir.iterdir())[0]).save(image)
     out = tmp_path / "out"
-    assert _predict(checkpoint, [image, frames_dir], out, "--score-thr", "0") == 0
+    assert _predict(vis_checkpoint, [image, frames_dir], out) == 0
+    assert "tracks (tracker sipmask)" in capsys.readouterr().out
     assert (out / "photo.jpg").is_file() and (out / "frames.mp4").is_file()
     results = json.loads((out / "results.json").read_text())
     assert all("track_id" not in e for e in results if e["file_name"] == str(image))
@@ -242,6 +242,17 @@ def test_webcam_without_a_frame_and_webcam_stopped_with_ctrl_c(checkpoint, frame
 @pytest.fixture(scope="module")
 def ytvis_checkpoint(tmp_path_factory) -> Path:
     return save_ytvis_checkpoint(tmp_path_factory.mktemp("ckpt") / "ytvis.pt")
+
+
+def test_eval_video_checkpoint_with_the_default_tracker(synth, tmp_path, capsys):
+    checkpoint = save_tiny_vis_checkpoint(tmp_path / "vis.pt", list(CATEGORIES))
+    metrics_file = tmp_path / "m.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--images", str(synth["val_images"]), "--ann",
+                 str(synth["val_ann"]), "--device", "cpu", "--no-progress", "--json-out", str(metrics_file)]) == 0
+    out = capsys.readouterr().out
+    assert "(video model, tracker sipmask)" in out and "video mask AP" in out and "ID switches" in out
+    tracking = json.loads(metrics_file.read_text())["tracking"]
+    assert tracking["num_predictions"] > 0 and tracking["num_frames"] == 2 * FRAMES
 
 
 def test_eval_on_youtube_vis(synth, ytvis_checkpoint, tmp_path, capsys):

@@ -50,9 +50,8 @@ def test_every_official_config_converts_loads_and_predicts(preset):
     counts = meta["tensor_counts"]
     unused = 2 if (spec.source == "mmdet" and not spec.head_gn) else 0
     assert counts == {"official": NOTES_TENSORS[preset], "model": NOTES_TENSORS[preset] - NUM_SCALES + 1 - unused,
-                      "unused": unused, "extra": 0}
+                      "unused": unused}
     assert sorted(meta["unused_tensors"]) == (sorted(UNUSED_ALIGN_NORM) if unused else [])
-    assert meta["extra_tensors"] == {}
     assert cfg.is_video == (spec.source == "vis")
     assert len(meta["class_names"]) == len(meta["category_ids"]) == cfg.head.num_classes
     # official caffe-style input: BGR, caffe mean, std 1
@@ -110,7 +109,7 @@ def test_mm_config_text_separates_identical_tensor_layouts():
 def test_vis_loads_tracking_branch_and_uses_vis_test_settings():
     official = make_fake_official_checkpoint("vis", "vis_r50_1x", seed=2)
     cfg, state, meta = convert_official(official)
-    assert meta["extra_tensors"] == {} and meta["unused_tensors"] == {}
+    assert meta["unused_tensors"] == {} and "extra_tensors" not in meta
     assert cfg.head.track_channels == 512
     with torch.device("meta"):
         model = SipMask(cfg)
@@ -184,6 +183,7 @@ def test_cli_converted_golden_checkpoint_reproduces_official_head(golden_file, t
     assert cli.main(["convert", "--input", str(official_path), "--out", str(out_path)]) == 0
     printed = capsys.readouterr().out
     assert "SipMask-mmdetection" in printed and "mm_r50_gn_1x" in printed and "376 official -> 372" in printed
+    assert "0 unused, none left over" in printed and "tracking branch" not in printed
 
     model, state = load_checkpoint(out_path)
     assert state["preset"] == "mm_r50_gn_1x" and state["source"]["code_base"] == "mmdet"

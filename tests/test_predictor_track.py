@@ -2,7 +2,6 @@
 sizes, track ids per frame, and a clear error for an embedding tracker without a tracking branch."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +9,12 @@ import torch
 from PIL import Image
 
 from sipmask.data.video_results import VideoTrackResults
-from sipmask.inference.frames import natural_key
+from sipmask.inference.frames import folder_frames, natural_key
 from sipmask.inference.predictor import Predictor
+from sipmask.inference.sources import collect_sources
 from sipmask.inference.video_io import VideoWriter
 from sipmask.tracking import make_tracker
-from tests.inference_helpers import save_tiny_checkpoint
+from tests.inference_helpers import save_tiny_checkpoint, save_tiny_vis_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_iou_tracker_on_frames_of_different_sizes(predictor):
 
 
 def test_embedding_tracker_without_tracking_branch_is_a_clear_error(predictor):
-    assert not predictor.has_tracking
+    assert not predictor.cfg.is_video
     for name in ("sipmask", "official"):
         with pytest.raises(ValueError, match=f"tracker '{name}' needs embeddings.*--tracker iou.*VIS checkpoint"):
             predictor.track(["never read"], tracker=name)  # raised at the call, before any frame
@@ -72,6 +72,8 @@ def test_folder_in_natural_order_and_results_json(predictor, tmp_path):
         else:
             Image.fromarray(_frames([size])[0]).save(tmp_path / name)
     assert sorted(["10.png", "2.png", "1.png"], key=natural_key) == ["1.png", "2.png", "10.png"]
+    (source,), _ = collect_sources([str(tmp_path)], frame_folders=True)  # predict lists a folder the same way
+    assert [p.name for p in source.frames] == [p.name for p in folder_frames(tmp_path)] == ["1.png", "2.png", "10.png"]
     out = list(predictor.track(tmp_path, tracker="iou", score_thr=0.0))
     _check(out, [(80, 80), (60, 100), (70, 90)])
     results = VideoTrackResults()
@@ -92,23 +94,15 @@ def test_video_file(predictor, tmp_path):
     _check(out, [(64, 96)] * 3)
 
 
-def test_embedding_tracker_with_a_fake_tracking_branch(predictor, monkeypatch):
-    """With embeddings in the results (here: a fixed vector per label), the default tracker runs and
-    keeps the ids of a repeated frame."""
-    postprocess = Predictor.postprocess
-
-    def with_embeddings(self, out, metas, score_thr=None):
-        results = postprocess(self, out, metas, score_thr)
-        for r in results:
-            r["embeddings"] = torch.nn.functional.one_hot(r["labels"], 4).float() * 3
-        return results
-
-    monkeypatch.setattr(Predictor, "postprocess", with_embeddings)
-    monkeypatch.setattr(Predictor, "has_tracking", property(lambda self: True))
+def test_embedding_trackers_with_a_tracking_branch(tmp_path):
+    """A video model (tiny_vis, random weights): its results carry embeddings, the default tracker runs and
+    keeps the ids of a repeated frame, and a Tracker object given keeps its state for the caller."""
+    predictor = Predictor.from_checkpoint(save_tiny_vis_checkpoint(tmp_path / "vis.pt"), device="cpu")
+    assert predictor.cfg.is_video
     frame = _frames([(90, 130)])[0]
-    out = list(predictor.track([frame, frame], score_thr=0.0, min_new_score=0.0))  # random weights: low scores
+    out = list(predictor.track([frame, frame]))
     assert len(out[0]["track_ids"]) > 0 and out[1]["track_ids"].tolist() == out[0]["track_ids"].tolist()
-    assert out[0]["embeddings"].shape == (len(out[0]["track_ids"]), 4)
+    assert out[0]["embeddings"].shape == (len(out[0]["track_ids"]), predictor.cfg.head.track_channels)
     tracker = make_tracker("official")
-    first = list(predictor.track([frame, frame], tracker=tracker, score_thr=0.0))
+    first = list(predictor.track([frame, frame], tracker=tracker))
     assert tracker.memory_size == len(first[0]["track_ids"])

@@ -1,14 +1,15 @@
 """Tracking figures (motmetrics) on hand-made videos whose switches, MOTA and IDF1 are worked out by hand."""
 from __future__ import annotations
 
-import math
+import json
 
 import numpy as np
 import pytest
 
 from sipmask.data.segmentation import encode_mask
 from sipmask.data.ytvis import parse_ytvis
-from sipmask.evaluation.tracking_metrics import FramePrediction, predictions_from_results, tracking_metrics
+from sipmask.evaluation.tracking_metrics import (FramePrediction, format_tracking, predictions_from_results,
+                                                tracking_metrics)
 
 H, W = 20, 40
 
@@ -114,10 +115,38 @@ def test_from_results_entries_and_no_predictions():
     assert m_all["num_false_positives"] == 3
     empty = tracking_metrics(gt, {})
     assert (empty["num_matches"], empty["num_misses"], empty["mota"]) == (0, 6, 0.0)
-    assert math.isnan(empty["motp_iou"]) and empty["idf1"] == 0.0  # no match: no mean IoU
+    assert empty["motp_iou"] is None and empty["idf1"] == 0.0  # no match: no mean IoU
+    assert empty["precision"] is None and empty["recall"] == 0.0  # no prediction: no precision
+
+
+def test_undefined_rates_are_null_in_json_and_dashes_when_printed():
+    no_objects = _gt([], 2)  # no ground truth: MOTA, recall undefined
+    metrics = tracking_metrics(no_objects, _pred([[(1, LEFT)], []]))
+    assert metrics["num_false_positives"] == 1 and metrics["num_objects"] == 0
+    assert metrics["mota"] is None and metrics["recall"] is None and metrics["motp_iou"] is None
+    assert metrics["precision"] == 0.0
+    text = json.dumps(metrics, allow_nan=False)  # strict JSON: null, never NaN
+    assert json.loads(text)["mota"] is None
+    line = format_tracking(metrics)
+    assert "MOTA -" in line and "false positives 1" in line
+    assert "MOTA 100.00" in format_tracking(tracking_metrics(_gt([[LEFT]], 1), _pred([[(1, LEFT)]])))
 
 
 def test_repeated_track_id_in_a_frame_is_refused():
     gt = _gt([[LEFT]], 1)
     with pytest.raises(ValueError, match="appears twice"):
         tracking_metrics(gt, _pred([[(1, LEFT), (1, RIGHT)]]))
+
+
+def test_motmetrics_distance_helpers_are_not_used():
+    """motmetrics 1.4.0's `distances.iou_matrix` calls np.asfarray, removed in numpy 2: distances are made here."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"\b(mm|motmetrics)\.distances\b|from motmetrics(\.distances)? import .*\b(distances|iou_matrix)\b"
+                         r"|\biou_matrix\(")
+    users = [str(p.relative_to(root)) for folder in ("sipmask", "benchmarks") for p in (root / folder).rglob("*.py")
+             if pattern.search(p.read_text())]
+    assert users == []
+    assert pattern.search("d = mm.distances.iou_matrix(a, b, max_iou=0.5)")  # what it looks for

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 import sipmask
 from sipmask.checkpoint.format import save_checkpoint
+from sipmask.config import get_preset
 from sipmask.data.segmentation import decode_segmentation
 from sipmask.data.synth_ytvis import CATEGORIES, write_synthetic_ytvis
 from sipmask.data.ytvis import load_ytvis
@@ -19,14 +19,13 @@ from sipmask.evaluation.video_eval import evaluate_video_model
 from sipmask.evaluation.ytvis_eval import YTVIS_METRICS
 from sipmask.evaluation.ytvis_results import load_results
 from sipmask.inference.predictor import Predictor
-from tests.fake_tracking import use_tracking_stand_ins
+from tests.inference_helpers import save_tiny_vis_checkpoint
 
 FRAMES = 6
 
 
 def save_ytvis_checkpoint(path: Path, seed: int = 0) -> Path:
-    """Random-weight `tiny` (image model) with the synthetic YouTube-VIS classes and category ids.
-    After the merge: the same with the `tiny_vis` preset gives a video model."""
+    """Random-weight `tiny` (an image model) with the synthetic YouTube-VIS classes and category ids."""
     torch.manual_seed(seed)
     model = sipmask.build_model("tiny", num_classes=len(CATEGORIES), input__test_scale=(96, 64)).eval()
     with torch.no_grad():
@@ -34,11 +33,6 @@ def save_ytvis_checkpoint(path: Path, seed: int = 0) -> Path:
     classes = [{"id": cid, "name": name} for cid, name in CATEGORIES]
     return save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "classes": classes,
                             "model": model.state_dict()}, path)
-
-
-@pytest.fixture(autouse=True)
-def stand_ins(monkeypatch):
-    return use_tracking_stand_ins(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +45,16 @@ def checkpoint(tmp_path_factory) -> Path:
     return save_ytvis_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
+@pytest.fixture(scope="module")
+def vis_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_vis_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_vis.pt", list(CATEGORIES))
+
+
 class EchoPredictor:
     """Tracks by reading the ground truth: per video (in id order) its objects with their annotation ids."""
 
     def __init__(self, gt, swap_from: int | None = None) -> None:
-        self.cfg = SimpleNamespace(head=SimpleNamespace(track_channels=128))  # a video model's config, as far as read
+        self.cfg = get_preset("tiny_vis")  # a video model's config
         self.category_ids = list(gt.cat_ids)
         self.gt = gt
         self.swap_from = swap_from
@@ -100,11 +99,13 @@ def test_swapped_ids_show_as_switches_not_as_lost_ap(synth):
     assert swapped["segm"]["AP"] < clean["segm"]["AP"]  # tracks mixing two objects lose video AP too
 
 
-def test_model_end_to_end_writes_valid_results(synth, checkpoint, tmp_path):
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+@pytest.mark.parametrize("video_model, tracker", [(False, "iou"), (True, "sipmask"), (True, "official")])
+def test_model_end_to_end_writes_valid_results(synth, checkpoint, vis_checkpoint, tmp_path, video_model, tracker):
+    predictor = Predictor.from_checkpoint(vis_checkpoint if video_model else checkpoint, device="cpu")
+    assert predictor.cfg.is_video == video_model
     out = tmp_path / "res" / "results.json"
-    metrics = evaluate_video_model(predictor, synth["val_images"], synth["val_ann"], tracker="iou", score_thr=0.0,
-                                   results_out=out)
+    metrics = evaluate_video_model(predictor, synth["val_images"], synth["val_ann"], tracker=tracker,
+                                   score_thr=0.0 if tracker == "iou" else None, results_out=out)
     assert set(metrics) == {"segm", "tracking"}
     assert set(metrics["segm"]) == set(YTVIS_METRICS) and set(metrics["tracking"]) == set(TRACKING_METRICS)
     gt = load_ytvis(synth["val_ann"])

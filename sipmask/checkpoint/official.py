@@ -3,8 +3,7 @@
 Every official tensor is accounted for: mapped onto the model exactly once (the VIS tracking branch
 included: `head.tracking`), or recorded as unused by the official forward (the FeatureAlign
 GroupNorm that official heads without GN build but never call). An unknown, missing or
-mis-shaped tensor raises CheckpointError naming the key(s). The metadata keeps an
-`extra_tensors` entry (tensors kept apart, unmapped) for the file format; conversions fill none.
+mis-shaped tensor raises CheckpointError naming the key(s): nothing is left over.
 """
 from __future__ import annotations
 
@@ -76,8 +75,8 @@ def convert_official(
     source: "mmdet" | "benchmark" | "vis" (aliases mm, bm) or None to detect it from the key names;
     config: a preset name (`sipmask configs`) or None to detect it from shapes and meta['config'].
     Returns (config, state dict that loads strictly into SipMask(config), metadata) where metadata
-    holds source (what was detected and why), notes, class_names, category_ids, unused_tensors,
-    extra_tensors and tensor_counts. name: how messages call the file (default: the path).
+    holds source (what was detected and why), notes, class_names, category_ids, unused_tensors
+    and tensor_counts. name: how messages call the file (default: the path).
     """
     is_path = isinstance(obj_or_path, (str, os.PathLike))
     name = name or (str(obj_or_path) if is_path else "checkpoint")
@@ -100,7 +99,7 @@ def convert_official(
         cfg = cfg.with_overrides(num_classes=structure.num_classes)
         notes.append(f"{structure.num_classes} classes instead of the preset's {get_preset(preset).head.num_classes}")
     _check_keys(state, detected, preset, structure.num_classes, name)
-    model_state, unused, extra = _map_tensors(state, detected, structure, name)
+    model_state, unused = _map_tensors(state, detected, structure, name)
     _check_against_model(model_state, cfg, name)
     names, ids = _class_table(detected, structure.num_classes, meta)
     metadata = {
@@ -118,9 +117,7 @@ def convert_official(
         "class_names": names,
         "category_ids": ids,
         "unused_tensors": unused,
-        "extra_tensors": extra,
-        "tensor_counts": {"official": len(state), "model": len(model_state), "unused": len(unused),
-                          "extra": len(extra)},
+        "tensor_counts": {"official": len(state), "model": len(model_state), "unused": len(unused)},
     }
     return cfg, model_state, metadata
 
@@ -290,12 +287,11 @@ def _key_problems(state: dict[str, Tensor], source: str, preset: str, num_classe
 
 def _map_tensors(
     state: dict[str, Tensor], source: str, s: Structure, name: str
-) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]], dict[str, Tensor]]:
-    """(our state dict, unused official tensors with the reason, extra tensors kept apart: none today)."""
+) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
+    """(our state dict, unused official tensors with the reason); an official tensor no rule maps is an error."""
     ours: dict[str, Tensor] = {}
     scales: dict[int, Tensor] = {}
     unused: dict[str, dict[str, Any]] = {}
-    extra: dict[str, Tensor] = {}
     map_key = bm_names.map_bm_key if source == "benchmark" else mm_names.map_mm_key
     scale_key = bm_names.SCALE_KEY if source == "benchmark" else mm_names.SCALE_KEY
     if source != "benchmark" and not s.head_gn:  # verify what we set aside: exactly the unused GN
@@ -320,7 +316,7 @@ def _map_tensors(
         raise CheckpointError(f"{name}: per-level Scale tensors are incomplete: levels {sorted(scales)}")
     # MM / VIS: 0-dim each; BM: shape [1] each -> our head.scales [5].
     ours["head.scales"] = torch.stack([scales[i].reshape(()).float() for i in range(len(scales))])
-    return ours, unused, extra
+    return ours, unused
 
 
 def _check_against_model(state: dict[str, Tensor], cfg: SipMaskConfig, name: str) -> None:
@@ -372,7 +368,6 @@ def checkpoint_payload(cfg: SipMaskConfig, state: dict[str, Tensor], metadata: d
             "notes": list(metadata["notes"]),
             "tensor_counts": dict(metadata["tensor_counts"]),
             "unused_tensors": metadata["unused_tensors"],
-            "extra_tensors": metadata["extra_tensors"],
         },
     }
 

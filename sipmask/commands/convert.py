@@ -35,13 +35,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: ResNet-{s['depth']}{'-DCN' if s['dcn'] else ''}, {s['stacked_convs']} stacked convs, "
           f"{'GN' if s['head_gn'] else 'no GN'} head, {s['num_classes']} classes"
           + (", mask re-scoring" if s["rescoring"] else ""))
+    branch = " (the tracking branch included)" if cfg.is_video else ""
     print(f"tensors: {counts['official']} official -> {counts['model']} model tensors "
-          f"(5 per-level scales stacked into 1), {counts['unused']} unused, {counts['extra']} kept apart")
+          f"(5 per-level scales stacked into 1), {counts['unused']} unused, none left over: every other "
+          f"official tensor is mapped{branch}")
     for key, info in metadata["unused_tensors"].items():
         print(f"  unused: {key}: {info['reason']}")
-    if metadata["extra_tensors"]:
-        print(f"  kept apart (tracking branch, no module here yet): {len(metadata['extra_tensors'])} tensors "
-              "stored under conversion.extra_tensors")
     for note in metadata["notes"]:
         print(f"note: {note}")
     path = save_converted(args.out, cfg, state, metadata)

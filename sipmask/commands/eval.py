@@ -7,7 +7,7 @@ from pathlib import Path
 from sipmask.commands.arguments import add_device_argument, add_progress_argument, probability
 from sipmask.commands.predict import score_thr_help
 from sipmask.errors import AnnotationError, ConfigError, SipMaskError
-from sipmask.inference.tracking_io import DEFAULT_TRACKER, TRACKERS
+from sipmask.tracking import DEFAULT_TRACKER, TRACKERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(mask scores), a trailing .json of PATH dropped; bbox [x, y, w, h] in the preset's box "
                    "convention (w = x2 - x1 + 1 for the official presets, x2 - x1 for tiny). YouTube-VIS: "
                    "one results JSON file PATH (one entry per track)")
-    p.add_argument("--tracker", choices=TRACKERS, default=None,
+    p.add_argument("--tracker", choices=tuple(TRACKERS), default=None,
                    help="YouTube-VIS: the tracker linking detections over frames (default %s; official: the "
                    "official SipMask-VIS tracker; iou: box overlap alone, also for image checkpoints)"
                    % DEFAULT_TRACKER)
@@ -124,8 +124,8 @@ def run_video(args: argparse.Namespace, data: dict) -> int:
     from sipmask.data.ytvis import parse_ytvis
     from sipmask.evaluation.tracking_metrics import format_tracking
     from sipmask.evaluation.video_eval import evaluate_video_model
-    from sipmask.inference import tracking_io
     from sipmask.inference.predictor import Predictor
+    from sipmask.inference.tracking_io import check_tracker
 
     for option, path in (("--json-out", args.json_out), ("--results-out", args.results_out)):
         if path is not None:
@@ -141,8 +141,8 @@ def run_video(args: argparse.Namespace, data: dict) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=device)
     except ValueError as err:
         raise SipMaskError(str(err)) from None
-    tracker = args.tracker or tracking_io.DEFAULT_TRACKER
-    tracking_io.check_tracker(predictor.cfg, tracker)  # before any frame is read
+    tracker = args.tracker or DEFAULT_TRACKER
+    check_tracker(predictor.cfg, tracker)  # before any frame is read
     from tqdm import tqdm
 
     def report(message: str) -> None:  # above the progress bar when there is one
@@ -150,7 +150,7 @@ def run_video(args: argparse.Namespace, data: dict) -> int:
 
     metrics = evaluate_video_model(predictor, args.images, gt, tracker, args.score_thr, args.progress,
                                    args.results_out, args.mot_score_thr, report)
-    kind = "video model" if tracking_io.is_video_model(predictor.cfg) else "image model"
+    kind = "video model" if predictor.cfg.is_video else "image model"
     print(f"{args.checkpoint} ({kind}, tracker {tracker}) on {args.ann}: {len(gt.videos)} videos")
     print("video mask AP")
     print(format_metrics({"segm": metrics["segm"]}))

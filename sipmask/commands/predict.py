@@ -10,7 +10,7 @@ import numpy as np
 
 from sipmask.commands.arguments import add_device_argument, add_progress_argument, probability
 from sipmask.errors import ConfigError, SipMaskError
-from sipmask.inference.tracking_io import DEFAULT_TRACKER, TRACKERS
+from sipmask.tracking import DEFAULT_TRACKER, TRACKERS
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "PNG per instance. Exit code 1 when some inputs failed (each is reported with the reason).")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders, glob patterns (quoted), video files or a webcam index (0); when "
-                   "tracking, a folder's images are one sequence of frames (in name order)")
+                   "tracking, a folder's images are one sequence of frames (natural name order: 2.jpg before "
+                   "10.jpg)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="sipmask checkpoint or official SipMask weights file")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -72,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device_argument(p)
     add_progress_argument(p)
     p.add_argument("--save-masks", action="store_true", help="also write one PNG mask per instance")
-    p.add_argument("--tracker", choices=TRACKERS, default=None,
+    p.add_argument("--tracker", choices=tuple(TRACKERS), default=None,
                    help="track objects through videos, webcams and folders of frames (default with a SipMask-VIS "
                    f"checkpoint: {DEFAULT_TRACKER}; official: the official tracker; iou: box overlap alone, the one "
                    "an image checkpoint can use): drawn video coloured by track id, tracks.json (YouTube-VIS "
@@ -172,20 +173,41 @@ def _image(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: f
     bar.update(1)
 
 
+class _Sequence:
+    """The frames of a video, webcam or folder of frames with what its drawn video needs."""
+
+    def __init__(self, source: Source, outputs: _Outputs, folder_fps: float) -> None:
+        from sipmask.inference.frames import read_frames
+        from sipmask.inference.video_io import iter_video_frames, iter_webcam_frames, video_info
+
+        self.size: tuple[int, int] | None = None  # (width, height); None: the first frame's
+        self.count: int | None = None  # the number of frames where known before reading (a folder)
+        if source.kind == "webcam":
+            self.frames = iter_webcam_frames(source.webcam_index, outputs.failures.append)
+            self.stem = outputs.unique_stem(None, f"webcam{source.webcam_index}")
+            self.fps, self.name = WEBCAM_FPS, source.name
+        elif source.kind == "video":
+            info = video_info(source.path)
+            self.frames = iter_video_frames(source.path, outputs.failures.append)
+            self.stem = outputs.unique_stem(source.path, "video")
+            self.fps, self.size, self.name = info.fps, (info.width, info.height), str(source.path)
+        else:  # a folder of frames
+            def skipped(index: int, reason: str) -> None:
+                outputs.failures.append(f"{source.name}: frame {index}: {reason}; skipped")
+
+            self.frames = read_frames(source.frames, skipped)
+            self.stem = outputs.unique_stem(source.path, "frames")
+            self.fps, self.name, self.count = folder_fps, str(source.path), len(source.frames)
+        self.drawing = f"{self.stem}.mp4"
+
+
 def _video(predictor: Predictor, source: Source, outputs: _Outputs, score_thr: float | None, bar: tqdm) -> bool:
     """Segment every frame into a drawn video of the same size and frame rate; False if interrupted."""
     from sipmask.inference.draw import draw_instances
-    from sipmask.inference.video_io import VideoWriter, iter_video_frames, iter_webcam_frames, video_info
+    from sipmask.inference.video_io import VideoWriter
 
-    if source.kind == "webcam":
-        frames = iter_webcam_frames(source.webcam_index, outputs.failures.append)
-        stem = outputs.unique_stem(None, f"webcam{source.webcam_index}")
-        fps, size, file_name = WEBCAM_FPS, None, source.name
-    else:
-        info = video_info(source.path)
-        frames = iter_video_frames(source.path, outputs.failures.append)
-        stem = outputs.unique_stem(source.path, "video")
-        fps, size, file_name = info.fps, (info.width, info.height), str(source.path)
+    seq = _Sequence(source, outputs, FRAMES_FPS)
+    frames, stem, fps, size, file_name = seq.frames, seq.stem, seq.fps, seq.size, seq.name
     writer = None
     try:
         for index, frame in frames:
@@ -222,29 +244,14 @@ def _tracked(predictor: Predictor, source: Source, outputs: _Outputs, score_thr:
     input's frame rate and (first frame's) size, one tracks.json entry per track, results.json entries with
     track ids. Frames decoded before a failure are kept and written. False if a webcam was interrupted."""
     from sipmask.inference.draw import draw_instances
-    from sipmask.inference.tracking_io import TrackedVideo, read_frames, resize_masks, track_frames
-    from sipmask.inference.video_io import VideoWriter, iter_video_frames, iter_webcam_frames, video_info
+    from sipmask.inference.tracking_io import TrackedVideo, resize_masks, track_frames
+    from sipmask.inference.video_io import VideoWriter
 
     video_id = tracking.next_video_id
     tracking.next_video_id += 1
-    size, count = None, None
-    if source.kind == "webcam":
-        frames = iter_webcam_frames(source.webcam_index, outputs.failures.append)
-        stem = outputs.unique_stem(None, f"webcam{source.webcam_index}")
-        fps, name = WEBCAM_FPS, source.name
-    elif source.kind == "video":
-        info = video_info(source.path)
-        frames = iter_video_frames(source.path, outputs.failures.append)
-        stem = outputs.unique_stem(source.path, "video")
-        fps, size, name = info.fps, (info.width, info.height), str(source.path)
-    else:  # a folder of frames
-        def skipped(index: int, reason: str) -> None:
-            outputs.failures.append(f"{source.name}: frame {index}: {reason}; skipped")
-
-        frames = read_frames(source.frames, skipped)
-        stem = outputs.unique_stem(source.path, "frames")
-        fps, name, count = tracking.fps, str(source.path), len(source.frames)
-    drawing = f"{stem}.mp4"
+    seq = _Sequence(source, outputs, tracking.fps)
+    frames, stem, fps, size, name, count, drawing = (seq.frames, seq.stem, seq.fps, seq.size, seq.name, seq.count,
+                                                     seq.drawing)
     collected = TrackedVideo()
     writer, resized, completed, last = None, [], True, -1
     try:
@@ -309,12 +316,12 @@ def run(args: argparse.Namespace) -> int:
                                               onnx_path=args.onnx)
     except ValueError as err:  # an unavailable device, a bad option
         raise SipMaskError(str(err)) from None
-    from sipmask.inference import tracking_io
+    from sipmask.inference.tracking_io import check_tracker
 
     tracking = None
-    if args.tracker is not None or tracking_io.is_video_model(predictor.cfg):
+    if args.tracker is not None or predictor.cfg.is_video:
         tracking = _Tracking(args.tracker or DEFAULT_TRACKER, args.fps)
-        tracking_io.check_tracker(predictor.cfg, tracking.tracker)
+        check_tracker(predictor.cfg, tracking.tracker)
     elif args.fps != FRAMES_FPS:
         raise ConfigError("--fps is the frame rate of a tracked folder of frames: it needs --tracker (or a "
                           "SipMask-VIS checkpoint)")

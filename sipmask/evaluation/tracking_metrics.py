@@ -7,9 +7,12 @@ only when IoU >= `MATCH_IOU` (motmetrics distance 1 - IoU, NaN below the thresho
 the frame-by-frame CLEAR-MOT matching (keeping last frame's matches while they stay valid) and the
 global ID assignment of IDF1. One `MOTAccumulator` per video; the figures are over all videos merged
 (`compute_many(..., generate_overall=True)`). Matching ignores classes unless `class_aware=True`.
+A rate that is undefined (no ground truth, no prediction, no match: motmetrics' NaN) is None, so the
+figures stay valid JSON (null) and print as "-".
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +28,7 @@ __all__ = ["MATCH_IOU", "TRACKING_METRICS", "FramePrediction", "predictions_from
 
 #: Mask IoU a prediction needs with a ground-truth object to count as tracking it (the MOTS convention).
 MATCH_IOU = 0.5
-#: motmetrics metric names reported, in this order; counts are ints, rates fractions.
+#: motmetrics metric names reported, in this order; counts are ints, rates fractions (None where undefined).
 TRACKING_METRICS: tuple[str, ...] = (
     "num_switches", "mota", "idf1", "motp_iou", "num_matches", "num_misses", "num_false_positives",
     "num_objects", "num_predictions", "num_unique_objects", "mostly_tracked", "partially_tracked",
@@ -96,7 +99,7 @@ def _distances(gt_objects: list[tuple[int, int, dict]], predicted: Sequence[Fram
 
 
 def tracking_metrics(gt: YTVISAnnotations, predictions: VideoPredictions, min_score: float = 0.0,
-                     class_aware: bool = False) -> dict[str, float | int]:
+                     class_aware: bool = False) -> dict[str, float | int | None]:
     """Identity switches, MOTA, IDF1, ... over all videos of `gt`.
 
     Args:
@@ -107,8 +110,8 @@ def tracking_metrics(gt: YTVISAnnotations, predictions: VideoPredictions, min_sc
         class_aware: a prediction matches only ground truth of its own category.
     Returns:
         {name: value} for TRACKING_METRICS: counts as int; mota, idf1, precision, recall, idp, idr
-        as fractions; motp_iou the mean mask IoU of the matches (1 - motmetrics' motp); NaN where
-        undefined (e.g. MOTA without ground truth).
+        as fractions; motp_iou the mean mask IoU of the matches (1 - motmetrics' motp); None where
+        undefined (e.g. MOTA without ground truth, precision and motp_iou without a prediction).
     """
     import motmetrics as mm
 
@@ -132,23 +135,26 @@ def tracking_metrics(gt: YTVISAnnotations, predictions: VideoPredictions, min_sc
     wanted = [m if m != "motp_iou" else "motp" for m in TRACKING_METRICS]
     host = mm.metrics.create()
     if not accumulators:
-        return {m: 0 if m not in _RATES else float("nan") for m in TRACKING_METRICS}
+        return {m: 0 if m not in _RATES else None for m in TRACKING_METRICS}
     table = host.compute_many(accumulators, names=names, metrics=wanted, generate_overall=True)
     row = table.loc["OVERALL"]
-    out: dict[str, float | int] = {}
+    out: dict[str, float | int | None] = {}
     for name, key in zip(TRACKING_METRICS, wanted):
         value = float(row[key])
         if name == "motp_iou":
             value = 1.0 - value  # motmetrics' motp is the mean distance of the matches
-        out[name] = value if name in _RATES else int(round(value))
+        if name not in _RATES:
+            out[name] = int(round(value))
+        else:
+            out[name] = value if math.isfinite(value) else None  # NaN: undefined (json.dumps would write NaN)
     return out
 
 
-def format_tracking(metrics: Mapping[str, float | int]) -> str:
-    """One line for the console: switches, MOTA, IDF1 (percent) and the counts behind them."""
+def format_tracking(metrics: Mapping[str, float | int | None]) -> str:
+    """One line for the console: switches, MOTA, IDF1 (percent, "-" where undefined) and the counts behind them."""
     def pct(name: str) -> str:
-        value = float(metrics[name])
-        return "-" if value != value else f"{100 * value:.2f}"
+        value = metrics[name]
+        return "-" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
 
     return (f"tracking (mask IoU >= {MATCH_IOU}): ID switches {metrics['num_switches']}  MOTA {pct('mota')}  "
             f"IDF1 {pct('idf1')}  matches {metrics['num_matches']}  misses {metrics['num_misses']}  "

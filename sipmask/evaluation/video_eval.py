@@ -24,8 +24,9 @@ from sipmask.errors import AnnotationError
 from sipmask.evaluation.tracking_metrics import FramePrediction, tracking_metrics
 from sipmask.evaluation.ytvis_eval import evaluate_ytvis
 from sipmask.evaluation.ytvis_results import write_results
-from sipmask.inference.tracking_io import (DEFAULT_TRACKER, TrackedVideo, check_tracker, frame_paths, read_frames,
-                                           track_frames)
+from sipmask.inference.frames import frame_paths, read_frames
+from sipmask.inference.tracking_io import TrackedVideo, check_tracker, track_frames
+from sipmask.tracking import DEFAULT_TRACKER
 
 __all__ = ["evaluate_video_model", "predict_video_results"]
 

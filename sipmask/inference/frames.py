@@ -1,34 +1,57 @@
 """The frames of a video, whatever form it comes in: a video file, a folder of frames, a webcam index,
-or any iterable of images (arrays, paths, PIL images)."""
+or any iterable of images (arrays, paths, PIL images); and frame files read one by one with the
+unreadable ones reported (`read_frames`: predict's frame folders, the YouTube-VIS videos of eval)."""
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from sipmask.errors import ImageReadError
-from sipmask.inference.sources import IMAGE_EXTENSIONS
+from sipmask.data.image_io import read_image
+from sipmask.errors import ImageReadError, SipMaskError
+from sipmask.inference.sources import IMAGE_EXTENSIONS, folder_files, natural_key
 from sipmask.inference.video_io import iter_video_frames, iter_webcam_frames
-
-
-def natural_key(name: str) -> list[Any]:
-    """Sort key that orders digit runs by value: frame2.jpg before frame10.jpg."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
 def folder_frames(folder: str | os.PathLike) -> list[Path]:
     """The image files of a folder (not hidden, not recursive) in natural name order; ImageReadError if none."""
-    folder = Path(folder)
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-             and p.suffix.lower() in IMAGE_EXTENSIONS]
+    files = folder_files(folder, IMAGE_EXTENSIONS)
     if not files:
         raise ImageReadError(f"{folder}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return sorted(files, key=lambda p: natural_key(p.name))
+    return files
+
+
+def frame_paths(root: str | os.PathLike, file_names: Sequence[str]) -> list[Path | None]:
+    """The frame files of a video under `root` (e.g. a YouTube-VIS video's file_names), None for each that is
+    not a file."""
+    paths = [Path(root) / name for name in file_names]
+    return [p if p.is_file() else None for p in paths]
+
+
+def read_frames(paths: Sequence[str | os.PathLike | None], report: Callable[[int, str], None],
+                size: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, HxWx3 uint8 RGB) for each readable frame file of a sequence, index = its position.
+
+    A None path or a missing / unreadable file is skipped and passed to `report(index, reason)`.
+    With `size` = (width, height), frames of another size are resized to it (bilinear), reported.
+    """
+    for index, path in enumerate(paths):
+        if path is None:
+            report(index, "frame file not found")
+            continue
+        try:
+            frame = read_image(path)
+        except SipMaskError as err:
+            report(index, str(err))
+            continue
+        if size is not None and (frame.shape[1], frame.shape[0]) != tuple(size):
+            report(index, f"{path}: frame is {frame.shape[1]}x{frame.shape[0]}, not {size[0]}x{size[1]}; resized")
+            frame = np.asarray(Image.fromarray(frame).resize(tuple(size), Image.BILINEAR))
+        yield index, frame
 
 
 def iter_frames(frames: Any) -> Iterator[tuple[int, Any]]:
@@ -58,4 +81,4 @@ def iter_frames(frames: Any) -> Iterator[tuple[int, Any]]:
     return enumerate(frames)
 
 
-__all__ = ["iter_frames", "folder_frames", "natural_key"]
+__all__ = ["iter_frames", "folder_frames", "frame_paths", "read_frames", "natural_key"]

@@ -209,11 +209,6 @@ class Predictor:
         """Segment one image: a file path, an HxW(x1/3/4) uint8/uint16 array or a PIL image."""
         return self.batch([image], score_thr)[0]
 
-    @property
-    def has_tracking(self) -> bool:
-        """Whether the model is a video model (a tracking branch: results carry `embeddings`)."""
-        return getattr(self.cfg.head, "track_channels", 0) > 0
-
     def track(self, frames: Any, tracker: Any = "sipmask", score_thr: float | None = None,
               **tracker_options: Any) -> Iterator[dict[str, Any]]:
         """Segment and track a video: yields per frame the result dict with only the tracked detections,
@@ -236,7 +231,7 @@ class Predictor:
             state.reset()
         else:
             state = make_tracker(tracker, **tracker_options)
-        if state.needs_embeddings and not self.has_tracking:
+        if state.needs_embeddings and not self.cfg.is_video:
             raise ValueError(f"tracker '{state.name}' needs embeddings, but this model has no tracking branch "
                              "(cfg.head.track_channels is 0): use --tracker iou (tracker='iou') or a VIS checkpoint")
         source = iter_frames(frames)

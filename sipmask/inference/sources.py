@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import glob
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: File endings taken as videos (decoded frame by frame with PyAV); every other file is read as an image.
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
@@ -17,7 +20,7 @@ _GLOB_CHARS = ("*", "?", "[")
 @dataclass(frozen=True)
 class Source:
     """One input: kind "image", "video", "webcam" or "frames" (a folder's images as one frame sequence,
-    in `frames`, sorted by name); `name` is how the user named it (for messages)."""
+    in `frames`, in natural name order); `name` is how the user named it (for messages)."""
 
     kind: str
     name: str
@@ -26,17 +29,26 @@ class Source:
     frames: tuple[Path, ...] = ()
 
 
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders digit runs by value: frame2.jpg before frame10.jpg."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def folder_files(folder: str | os.PathLike, extensions: frozenset[str]) -> list[Path]:
+    """The files of a folder with one of `extensions` (not hidden, not recursive), in natural name order."""
+    files = [p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")
+             and p.suffix.lower() in extensions]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
 def _file_source(path: Path) -> Source:
     kind = "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image"
     return Source(kind, str(path), path)
 
 
 def _folder_sources(folder: Path) -> list[Source]:
-    """The folder's image and video files (not hidden, not recursive), sorted by name."""
-    wanted = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in wanted)
-    return [_file_source(p) for p in files]
+    """The folder's image and video files (not hidden, not recursive), in natural name order."""
+    return [_file_source(p) for p in folder_files(folder, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)]
 
 
 def collect_sources(inputs: list[str], frame_folders: bool = False) -> tuple[list[Source], list[tuple[str, str]]]:
@@ -45,7 +57,7 @@ def collect_sources(inputs: list[str], frame_folders: bool = False) -> tuple[lis
     Returns (sources, problems): problems are (input, reason) for inputs that name nothing usable
     (a missing file, a glob or folder without images or videos). A bare integer that is not an
     existing file is a webcam index (/dev/video<N>). With `frame_folders` (tracking), a folder's
-    images are one "frames" source (a frame sequence in name order); its videos stay videos.
+    images are one "frames" source (a frame sequence in natural name order); its videos stay videos.
     """
     sources: list[Source] = []
     problems: list[tuple[str, str]] = []

@@ -1,72 +1,37 @@
-"""What `predict` and `eval` need around `Predictor.track`: which trackers a checkpoint can run, frame
-sequences read from files with their gaps reported, tracked frames handed back with their source index
-and pixels, and the YouTube-VIS entries of one tracked sequence.
+"""What `predict` and `eval` need around `Predictor.track`: whether a checkpoint can run a tracker, tracked
+frames handed back with their source index and pixels, and the YouTube-VIS entries of one tracked sequence.
 
-The seams with the tracking code (`sipmask.tracking`, `Predictor.track`, `sipmask.data.video_results`)
-are `track_frames` and `TrackedVideo`: everything else here only reads files and configs.
+Tracker names and which of them need embeddings come from `sipmask.tracking` (its registry and
+`Tracker.needs_embeddings`); a video model is one whose config says so (`cfg.is_video`). Frame files
+are listed and read by `sipmask.inference.frames`.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from sipmask.data.image_io import read_image
-from sipmask.errors import ConfigError, SipMaskError
+from sipmask.config import SipMaskConfig
+from sipmask.errors import ConfigError
+from sipmask.tracking import DEFAULT_TRACKER, TRACKERS
 
-__all__ = ["TRACKERS", "DEFAULT_TRACKER", "EMBEDDING_TRACKERS", "is_video_model", "check_tracker",
-           "read_frames", "track_frames", "TrackedVideo", "resize_masks", "frame_paths"]
-
-#: `--tracker` choices (sipmask.tracking.make_tracker names); the default is the first.
-TRACKERS: tuple[str, ...] = ("sipmask", "official", "iou")
-DEFAULT_TRACKER = TRACKERS[0]
-#: Trackers that match by the tracking branch's embeddings (Tracker.needs_embeddings).
-EMBEDDING_TRACKERS: frozenset[str] = frozenset({"sipmask", "official"})
+__all__ = ["check_tracker", "track_frames", "TrackedVideo", "resize_masks"]
 
 
-def is_video_model(cfg: Any) -> bool:
-    """A config with a tracking branch (`cfg.head.track_channels > 0`): a SipMask-VIS model."""
-    return int(getattr(cfg.head, "track_channels", 0) or 0) > 0
-
-
-def check_tracker(cfg: Any, tracker: str) -> None:
-    """ConfigError when `tracker` needs embeddings the model (an image checkpoint) does not make."""
-    if tracker not in TRACKERS:
+def check_tracker(cfg: SipMaskConfig, tracker: str) -> None:
+    """ConfigError for an unknown tracker, or one that needs embeddings the model (an image checkpoint) does
+    not make; the command line's wording of what `Predictor.track` refuses with a ValueError."""
+    cls = TRACKERS.get(tracker)
+    if cls is None:
         raise ConfigError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
-    if tracker in EMBEDDING_TRACKERS and not is_video_model(cfg):
+    if cls.needs_embeddings and not cfg.is_video:
         which = f"--tracker {tracker}" + (" (the default)" if tracker == DEFAULT_TRACKER else "")
         raise ConfigError(
             f"{which} matches objects by the tracking branch's embeddings, and this checkpoint is an image model "
             "without one (head.track_channels = 0): use --tracker iou to link its detections by box overlap, or "
             "a SipMask-VIS checkpoint")
-
-
-def read_frames(paths: Sequence[str | os.PathLike | None], report: Callable[[int, str], None],
-                size: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, HxWx3 uint8 RGB) for each readable frame file of a sequence, index = its position.
-
-    A None path or a missing / unreadable file is skipped and passed to `report(index, reason)`.
-    With `size` = (width, height), frames of another size are resized to it (bilinear), reported.
-    """
-    from PIL import Image
-
-    for index, path in enumerate(paths):
-        if path is None:
-            report(index, "frame file not found")
-            continue
-        try:
-            frame = read_image(path)
-        except SipMaskError as err:
-            report(index, str(err))
-            continue
-        if size is not None and (frame.shape[1], frame.shape[0]) != tuple(size):
-            report(index, f"{path}: frame is {frame.shape[1]}x{frame.shape[0]}, not {size[0]}x{size[1]}; resized")
-            frame = np.asarray(Image.fromarray(frame).resize(tuple(size), Image.BILINEAR))
-        yield index, frame
 
 
 def track_frames(predictor: Any, frames: Iterable[tuple[int, np.ndarray]], tracker: str,
@@ -132,8 +97,3 @@ class TrackedVideo:
                 entry["segmentations"] = segs + [None] * (num_frames - len(segs))
         return entries
 
-
-def frame_paths(root: str | os.PathLike, file_names: Sequence[str]) -> list[Path | None]:
-    """The frame files of a video under `root`, None for each that is not a file."""
-    paths = [Path(root) / name for name in file_names]
-    return [p if p.is_file() else None for p in paths]
