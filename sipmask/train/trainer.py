@@ -418,9 +418,9 @@ class _Trainer:
             logger.write({"iter": done, "eval": metrics, "best": best})
             message = f"iter {done}: " + ", ".join(f"{t} AP {m['AP']:.3f}" for t, m in metrics.items() if "AP" in m)
             if "tracking" in metrics:
-                track = metrics["tracking"]
-                message += (f" (video), ID switches {track['num_switches']}, MOTA {track['mota']:.3f}, "
-                            f"IDF1 {track['idf1']:.3f}")
+                from sipmask.evaluation.tracking_metrics import format_tracking
+
+                message += f" (video); {format_tracking(metrics['tracking'])}"
             (bar.write if bar is not None else print)(message)
         return best
 
