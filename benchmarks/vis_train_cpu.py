@@ -1,7 +1,7 @@
 """Video instance segmentation on a CPU, end to end: synthetic YouTube-VIS videos, `tiny_vis` trained from
 scratch within a wall budget, then video mask AP and identity switches of each tracker on the same detections.
 
-    .venv/bin/python benchmarks/vis_train_cpu.py --out runs/vis_cpu [--iters 1000] [--videos 60] [--frames 16]
+    .venv/bin/python benchmarks/vis_train_cpu.py --out runs/vis_cpu [--iters 900] [--videos 60] [--frames 16]
         [--size 320] [--seed 0] [--checkpoint CKPT]
 
 Steps (each a `sipmask` command, printed as it runs):
@@ -57,7 +57,7 @@ def _run(args: list[str], log: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--iters", type=int, default=1000, help="training iterations (batch 4)")
+    parser.add_argument("--iters", type=int, default=900, help="training iterations (batch 4)")
     parser.add_argument("--videos", type=int, default=60, help="training videos (validation: a fifth)")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=320)
