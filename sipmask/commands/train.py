@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, metavar="LR", help="base learning rate (default: the preset's)")
     add_device_argument(p)
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pth exactly")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pth exactly (a --minutes run, "
+                   "given the same --minutes: the rest of its budget)")
     p.add_argument("--seed", type=int, default=0, metavar="K")
     p.add_argument("--strict", action="store_true", help="treat bad images / annotations as errors")
     p.add_argument("--weights", metavar="CKPT", help="initialise from a sipmask checkpoint or an official SipMask file (fine-tuning; a video "
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, metavar="N",
                    help="evaluate every N iterations (default: every epoch; with --minutes only at the end)")
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="write last.pth every N iterations (default: every epoch)")
-    p.add_argument("--log-every", type=int, default=10, metavar="N", help="log.jsonl line every N iterations")
+    p.add_argument("--log-every", type=int, default=10, metavar="N", help="log.jsonl line (loss terms, lr, elapsed time) every N iterations")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes (0: none)")
     add_progress_argument(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION__FIELD=JSON",

@@ -5,9 +5,11 @@ evaluates (with --val-*) and writes its checkpoint in the time left, `reserve_s`
 estimated before training, by timing the pieces of the end on this machine (`estimate_reserve`):
 - the final evaluation: one val image (or video frame) read, predicted at score threshold 0 (so the
   postprocess makes the most detections the test config allows, max_per_img, as a trained model
-  may) and encoded, times the number of val images (this process's share under torchrun) or
-  frames; plus the scorer on that image's detections, times the number of images (or frames);
-  plus the copy of the model that evaluation runs;
+  may), encoded and (COCO) scored against its ground truth, times the number of val images (this
+  process's share under torchrun) or frames; the prediction is timed PROBE_CALLS times after one
+  call that pays the one-time costs (kernel set-up), and their median taken, as one sample on a
+  busy machine can be far off; plus the copy of the model that evaluation runs and that first
+  call's extra time, once;
 - the final checkpoint: one save of the model's state, twice (the optimiser's momentum buffers,
   not allocated yet, double it);
 - both times `RESERVE_MARGIN`, for a machine whose load changes during the run.
@@ -30,6 +32,8 @@ RESERVE_MARGIN = 1.5
 #: Seconds per iteration assumed unreachable: the sampler is given budget / this many iterations,
 #: a cap that the budget ends long before.
 MIN_SECONDS_PER_ITER = 1e-4
+#: Timed predictions of the probe image (after a first, warm-up call); their median is used.
+PROBE_CALLS = 3
 #: Iterations whose mean duration predicts the next one (the loop stops when it would not fit).
 STEP_WINDOW = 10
 
@@ -111,8 +115,17 @@ def _probe_array(read: Callable[[], np.ndarray], height: int, width: int) -> np.
         return np.random.default_rng(0).integers(0, 255, size=(height, width, 3), dtype=np.uint8)
 
 
+def _predict_s(inference: Any, array: np.ndarray) -> tuple[dict[str, Any], float, float]:
+    """(prediction at score threshold 0, seconds per call: the median of PROBE_CALLS calls, extra
+    seconds of the first call)."""
+    (pred,), first_s = _timed(lambda: inference.predict([array], score_thr=0.0))
+    times = sorted(_timed(lambda: inference.predict([array], score_thr=0.0))[1] for _ in range(PROBE_CALLS))
+    median = times[len(times) // 2]
+    return pred, median, max(first_s - median, 0.0)
+
+
 def _coco_unit_s(model: Any, val_images: str, val_ann: str, label_to_cat_id: list[int]) -> tuple[int, float, float]:
-    """(val images, per-image seconds, model-copy seconds) of the COCO evaluation."""
+    """(val images, per-image seconds, one-time seconds) of the COCO evaluation."""
     from sipmask.data.coco import load_coco_annotations
     from sipmask.data.coco_results import result_to_coco, split_by_iou_type
     from sipmask.data.image_io import read_image
@@ -125,15 +138,15 @@ def _coco_unit_s(model: Any, val_images: str, val_ann: str, label_to_cat_id: lis
     inference, copy_s = _timed(model.for_inference)
     array, read_s = _timed(lambda: _probe_array(lambda: read_image(Path(val_images) / info["file_name"]),
                                                 info["height"], info["width"]))
-    (pred,), predict_s = _timed(lambda: inference.predict([array], score_thr=0.0))
+    pred, predict_s, first_s = _predict_s(inference, array)
     entries, encode_s = _timed(lambda: result_to_coco(pred, info["id"], label_to_cat_id, model.cfg.loss.box_plus_one))
     gt = {**data, "images": [info], "annotations": [a for a in data["annotations"] if a["image_id"] == info["id"]]}
     _, score_s = _timed(lambda: score_coco(gt, split_by_iou_type(entries)))
-    return len(data["images"]), read_s + predict_s + encode_s + score_s, copy_s
+    return len(data["images"]), read_s + predict_s + encode_s + score_s, copy_s + first_s
 
 
 def _video_unit_s(model: Any, val_images: str, val_ann: str) -> tuple[int, float, float]:
-    """(val frames, per-frame seconds, model-copy seconds) of the video evaluation."""
+    """(val frames, per-frame seconds, one-time seconds) of the video evaluation."""
     from sipmask.data.image_io import read_image
     from sipmask.data.segmentation import encode_mask
     from sipmask.data.ytvis import load_ytvis
@@ -146,9 +159,9 @@ def _video_unit_s(model: Any, val_images: str, val_ann: str) -> tuple[int, float
     inference, copy_s = _timed(model.for_inference)
     array, read_s = _timed(lambda: _probe_array(lambda: read_image(Path(val_images) / video.file_names[0]),
                                                 video.height, video.width))
-    (pred,), predict_s = _timed(lambda: inference.predict([array], score_thr=0.0))
+    pred, predict_s, first_s = _predict_s(inference, array)
     _, encode_s = _timed(lambda: [encode_mask(m) for m in pred["masks"].numpy()])
-    return frames, read_s + predict_s + encode_s, copy_s
+    return frames, read_s + predict_s + encode_s, copy_s + first_s
 
 
 def _save_s(state: dict[str, Any], folder: Path) -> float:
@@ -176,8 +189,8 @@ def estimate_reserve(
     if val_ann is None or val_images is None:
         return Reserve(eval_s=0.0, save_s=save_s, units=0, unit_s=0.0)
     if video:  # the main process tracks every video
-        units, unit_s, copy_s = _video_unit_s(model, val_images, val_ann)
+        units, unit_s, once_s = _video_unit_s(model, val_images, val_ann)
     else:  # images are sharded over the processes
-        units, unit_s, copy_s = _coco_unit_s(model, val_images, val_ann, label_to_cat_id)
+        units, unit_s, once_s = _coco_unit_s(model, val_images, val_ann, label_to_cat_id)
         units = math.ceil(units / world_size)
-    return Reserve(eval_s=(copy_s + units * unit_s) * RESERVE_MARGIN, save_s=save_s, units=units, unit_s=unit_s)
+    return Reserve(eval_s=(once_s + units * unit_s) * RESERVE_MARGIN, save_s=save_s, units=units, unit_s=unit_s)
