@@ -116,6 +116,12 @@ def test_killed_run_resumed_ends_with_equal_weights(small_data, tmp_path):
     assert iters.count(1) == 1
     resumed_from = len(iters) - 1 - iters[::-1].index(killed_at + 1)
     assert iters[resumed_from:] == list(range(killed_at + 1, 11))
+    # every line has its lr and the run's elapsed time, which the resumed process continued
+    resume = next(x for x in lines if x.get("event") == "resume")
+    assert resume["iter"] == killed_at and resume["elapsed_s"] > resume["checkpoint_elapsed_s"] > 0
+    steps = [x for x in lines if "loss" in x]
+    assert all(x["lr"] > 0 and x["elapsed_s"] > 0 for x in steps)
+    assert steps[-1]["elapsed_s"] > resume["checkpoint_elapsed_s"] and lines[-1]["iterations"] == 10
 
 
 def test_resume_without_checkpoint_or_with_other_settings_is_refused(small_data, tmp_path):

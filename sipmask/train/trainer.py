@@ -2,10 +2,14 @@
 
 One call, `train(options)`, runs a whole training (or continues one with `resume=True`):
 - SGD with momentum and weight decay; official parameter groups (`param_groups`); warm-up + step
-  schedule from the preset (`sipmask.train.schedule`), iteration-based.
+  schedule from the preset (`sipmask.train.schedule`), over iterations (`--iters` / `--epochs`) or
+  over the elapsed time of a wall-clock budget (`--minutes`, `sipmask.train.budget`: training stops
+  when the next iteration would not end before the time kept for the final evaluation and checkpoint).
 - Data order and augmentation are functions of (seed, iteration) (`sipmask.data.loader`), model
   initialisation is seeded, and checkpoints carry model, optimiser, AMP scaler, iteration and RNG
-  states: a run killed at any point and resumed from `last.pth` ends with the same weights (CPU).
+  states: a run killed at any point and resumed from `last.pth` ends with the same weights (CPU;
+  iteration schedules). Checkpoints also carry the run's elapsed time: a budgeted run resumed
+  continues its schedule and ends within its original budget.
 - `RUN_DIR/last.pth` (atomic), `RUN_DIR/best.pth` (best val mask AP), `RUN_DIR/log.jsonl`, a tqdm
   bar (loss / lr / speed / ETA), TensorBoard events when `tensorboard` is installed.
 - Under torchrun: DistributedDataParallel (NCCL on GPUs, gloo on CPU), each rank taking
@@ -14,6 +18,7 @@ One call, `train(options)`, runs a whole training (or continues one with `resume
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +40,8 @@ from sipmask.train.rng_state import capture_rng, restore_rng
 from sipmask.distributed import (
     DistContext, barrier, broadcast_object, end_all_ranks_on_error, init_distributed, mean_across, shutdown,
 )
-from sipmask.train.schedule import Schedule, make_schedule
+from sipmask.train.budget import MIN_SECONDS_PER_ITER, Reserve, RunClock, StepTimer, estimate_reserve
+from sipmask.train.schedule import Schedule, TimeSchedule, make_schedule, make_time_schedule
 
 #: Official MM paramwise options of the HR configs: bias lr x2, bias weight decay 0 (norms excluded).
 BIAS_LR_MULT = 2.0
@@ -63,6 +69,7 @@ class TrainOptions:
     val_ann: str | None = None
     iters: int | None = None
     epochs: int | None = None
+    minutes: float | None = None  # wall-clock budget (instead of iters / epochs)
     batch_size: int | None = None  # total over all processes; default images_per_gpu x processes
     lr: float | None = None
     device: str = "auto"  # "auto" (the GPU when there is one, else the CPU), "cpu", "cuda", "cuda:N"
@@ -72,12 +79,15 @@ class TrainOptions:
     strict: bool = False
     weights: str | None = None
     backbone_weights: str | None = None
-    eval_every: int | None = None  # iterations; default: at the end of every epoch and of training
+    eval_every: int | None = None  # iterations; default: every epoch (with minutes: none) and at the end
     workers: int = 2
     checkpoint_every: int | None = None  # iterations; default: every epoch and at the end
     log_every: int = 10
     progress: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)  # config overrides, SECTION__FIELD=value
+    #: Seconds this process spent before train() that a --minutes budget counts (the CLI passes the
+    #: process's age: interpreter start and imports); 0 for a caller whose earlier time is its own.
+    pre_train_s: float = 0.0
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig, base_lr: float) -> list[dict[str, Any]]:
@@ -257,11 +267,16 @@ def train(options: TrainOptions) -> dict[str, Any]:
 
 class _Trainer:
     def __init__(self, opts: TrainOptions, ctx: DistContext):
+        self.clock = RunClock(opts.pre_train_s)  # a budget counts from here: set-up included
         self.opts = opts
         self.ctx = ctx
         self.out = Path(opts.out)
-        if opts.iters is not None and opts.epochs is not None:
-            raise ConfigError("give either --iters or --epochs, not both")
+        lengths = [flag for flag, value in (("--iters", opts.iters), ("--epochs", opts.epochs),
+                                            ("--minutes", opts.minutes)) if value is not None]
+        if len(lengths) > 1:
+            raise ConfigError(f"give one of --iters, --epochs and --minutes, not {' and '.join(lengths)}")
+        if opts.minutes is not None and not (math.isfinite(opts.minutes) and opts.minutes > 0):
+            raise ConfigError(f"--minutes must be > 0, got {opts.minutes}")
         for flag, value in (("--iters", opts.iters), ("--epochs", opts.epochs), ("--batch-size", opts.batch_size),
                             ("--eval-every", opts.eval_every), ("--checkpoint-every", opts.checkpoint_every)):
             if value is not None and value < 1:
@@ -291,7 +306,11 @@ class _Trainer:
         if self.total_batch % ctx.world_size:
             raise ConfigError(f"--batch-size {self.total_batch} is not divisible by the {ctx.world_size} processes")
         self.ipe = iters_per_epoch(len(self.dataset), self.total_batch, self.cfg.train.repeat_dataset)
-        self.schedule: Schedule = make_schedule(self.cfg.train, self.ipe, opts.iters, opts.epochs)
+        # a budget's schedule is made in run(), once the end of the run is timed (or read on resume)
+        self.schedule: Schedule | TimeSchedule = (
+            make_time_schedule(self.cfg.train, opts.minutes * 60.0) if opts.minutes is not None
+            else make_schedule(self.cfg.train, self.ipe, opts.iters, opts.epochs))
+        self.reserve: Reserve | None = None
         self.base_lr = opts.lr if opts.lr is not None else self.cfg.train.lr
 
     # -- set-up ---------------------------------------------------------------------------
@@ -321,7 +340,7 @@ class _Trainer:
         """The model without its DistributedDataParallel wrapper."""
         return self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
 
-    def _state(self, iteration: int) -> dict[str, Any]:
+    def _state(self, iteration: int, finished: bool = False) -> dict[str, Any]:
         return {
             "preset": self.cfg.name,
             "config": self.cfg.to_dict(),
@@ -330,7 +349,10 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.to_dict(),
+            "reserve": self.reserve.to_dict() if self.reserve is not None else None,  # a budget's end, estimated
             "iteration": iteration,
+            "elapsed_s": self.clock.elapsed(),  # the run's time so far (a budget resumes from it)
+            "finished": finished,  # the run's final checkpoint (after its final evaluation)
             "rng": capture_rng(),
             "data": {"seed": self.opts.seed, "total_batch": self.total_batch, "dataset_len": len(self.dataset),
                      "iters_per_epoch": self.ipe, "iteration": iteration},
@@ -339,7 +361,9 @@ class _Trainer:
             "train_args": {k: v for k, v in asdict(self.opts).items() if k != "progress"},
         }
 
-    def _resume(self) -> tuple[int, dict[str, Any] | None]:
+    def _resume(self) -> tuple[int, dict[str, Any] | None, bool]:
+        """Load last.pth: (iteration, RNG state, finished). A budgeted run takes its schedule and
+        elapsed time from it."""
         path = self.out / "last.pth"
         if not path.exists():
             raise CheckpointError(f"{path}: --resume given but there is no last.pth in {self.out}")
@@ -353,6 +377,16 @@ class _Trainer:
                 )
         if state.get("preset") != self.cfg.name:
             raise CheckpointError(f"{path}: was trained with --config {state.get('preset')!r}, not {self.cfg.name!r}")
+        budget_s = state.get("schedule", {}).get("budget_s")
+        if budget_s is not None or self.opts.minutes is not None:
+            ran = f"a --minutes {budget_s / 60:g} run" if budget_s is not None else "not a --minutes run"
+            if budget_s is None or self.opts.minutes is None or abs(budget_s - self.opts.minutes * 60.0) > 1e-6:
+                raise CheckpointError(f"{path}: was {ran}; resume it with the same length option"
+                                      + (f" (--minutes {budget_s / 60:g})" if budget_s is not None else ""))
+            self.schedule = TimeSchedule.from_dict(state["schedule"])
+            self.reserve = Reserve(**state["reserve"]) if state.get("reserve") else None
+        self.resumed_at_s = float(state.get("elapsed_s", 0.0))
+        self.clock.offset += self.resumed_at_s  # time while no process ran is not counted
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -362,7 +396,43 @@ class _Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.best_metric = state.get("best_metric")
         self.last_metrics = state.get("metrics")
-        return int(state["iteration"]), state.get("rng")
+        iteration = int(state["iteration"])
+        finished = bool(state.get("finished")) or (
+            isinstance(self.schedule, Schedule) and iteration >= self.schedule.total_iters)
+        return iteration, state.get("rng"), finished
+
+    def _plan_budget(self) -> None:
+        """Time the end of the run (`estimate_reserve`, main process) and fit the schedule before it."""
+        assert isinstance(self.schedule, TimeSchedule)
+        reserve = None
+        if self.ctx.is_main:
+            reserve = estimate_reserve(
+                self._bare_model, self._state(0), self.out, self.opts.val_images, self.opts.val_ann,
+                list(self.dataset.label_to_cat_id), self.video, self.ctx.world_size)
+        self.reserve = broadcast_object(self.ctx, reserve)
+        budget_s, setup_s = self.schedule.budget_s, self._elapsed()
+        if budget_s - self.reserve.total_s - setup_s <= 0:
+            raise ConfigError(
+                f"--minutes {self.opts.minutes:g}: no time left to train: {setup_s:.1f} s of set-up, "
+                f"{self.reserve.describe()}; give more minutes" + (" or fewer val images" if self.reserve.units else ""))
+        self.schedule = make_time_schedule(self.cfg.train, budget_s, setup_s, self.reserve.total_s)
+
+    def _elapsed(self) -> float:
+        """The run's elapsed seconds, the main process's clock on every process (a collective under
+        torchrun: every process calls it at the same points)."""
+        return broadcast_object(self.ctx, self.clock.elapsed())
+
+    def _more(self, done: int, elapsed: float, steps: StepTimer) -> bool:
+        """Whether to run another iteration: the schedule has iterations left, or the budget's
+        training time has room for one more of the expected duration."""
+        if isinstance(self.schedule, Schedule):
+            return done < self.schedule.total_iters
+        return elapsed + steps.expected() <= self.schedule.train_s
+
+    def _set_lr(self, it: int, elapsed: float) -> None:
+        factor = self.schedule.factor(it, elapsed)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
 
     # -- pieces of the loop -----------------------------------------------------------------
     def _evaluate(self) -> dict[str, Any] | None:
@@ -376,10 +446,8 @@ class _Trainer:
         return broadcast_object(self.ctx, metrics)
 
     def _step(self, it: int, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> dict[str, float]:
-        """One SGD step at 0-based iteration `it`. Returns the loss terms (+ "loss"), averaged over ranks."""
-        factor = self.schedule.factor(it)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
+        """One SGD step at 0-based iteration `it` (lr set by `_set_lr`). Returns the loss terms (+ "loss"),
+        averaged over ranks."""
         images = [im.to(self.ctx.device, non_blocking=True) for im in images]
         targets = _targets_to(targets, self.ctx.device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
@@ -424,9 +492,9 @@ class _Trainer:
             (bar.write if bar is not None else print)(message)
         return best
 
-    def _save(self, iteration: int, best: bool) -> None:
+    def _save(self, iteration: int, best: bool, finished: bool = False) -> None:
         if self.ctx.is_main:
-            state = self._state(iteration)
+            state = self._state(iteration, finished)
             save_checkpoint(state, self.out / "last.pth")
             if best:
                 save_checkpoint(state, self.out / "best.pth")
@@ -440,66 +508,138 @@ class _Trainer:
         self._build()
         self.best_metric: float | None = None
         self.last_metrics: dict[str, Any] | None = None
-        start, rng_state = self._resume() if opts.resume else (0, None)
-        total = self.schedule.total_iters
+        start, rng_state, finished = self._resume() if opts.resume else (0, None, False)
+        budget = isinstance(self.schedule, TimeSchedule)
+        if budget and not opts.resume:
+            self._plan_budget()
+        total = self.schedule.total_iters if isinstance(self.schedule, Schedule) else None
         if ctx.enabled:
             self.model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None
             )
         logger = _Logger(self.out, ctx.is_main)
+        say = print if ctx.is_main else (lambda *_: None)
         if ctx.is_main and not opts.resume:
-            logger.write({"event": "start", "preset": self.cfg.name, "total_iters": total, "iters_per_epoch": self.ipe,
-                          "total_batch": self.total_batch, "world_size": ctx.world_size, "base_lr": self.base_lr,
-                          "schedule": self.schedule.to_dict(), "num_images": len(self.dataset),
-                          "classes": self.dataset.class_names})
+            record = {"event": "start", "preset": self.cfg.name, "total_iters": total, "iters_per_epoch": self.ipe,
+                      "total_batch": self.total_batch, "world_size": ctx.world_size, "base_lr": self.base_lr,
+                      "schedule": self.schedule.to_dict(), "num_images": len(self.dataset),
+                      "classes": self.dataset.class_names, "elapsed_s": self.clock.elapsed()}
+            if budget:
+                record.update(budget_s=self.schedule.budget_s, train_s=self.schedule.train_s,
+                              reserve=self.reserve.to_dict())
+            logger.write(record)
+        elif ctx.is_main:
+            logger.write({"event": "resume", "iter": start, "checkpoint_elapsed_s": self.resumed_at_s,
+                          "elapsed_s": self.clock.elapsed()})
+        if budget:
+            s = self.schedule
+            kept = self.reserve.describe() if self.reserve else f"{s.budget_s - s.train_s:.1f} s kept for the end"
+            say(f"budget {s.budget_s / 60:g} min ({s.budget_s:.0f} s): training from {s.start_s:.1f} s (set-up) "
+                f"to {s.train_s:.1f} s, lr steps at {', '.join(f'{f:.0%}' for f in s.step_fractions)} of it; {kept}"
+                + (f"; resumed at {self.resumed_at_s:.1f} s, iteration {start}" if opts.resume else ""))
+        # a budget gives the sampler a cap that it ends long before
+        num_iters = total if total is not None else start + int(self.schedule.budget_s / MIN_SECONDS_PER_ITER) + 1
         sampler = TrainBatchSampler(
-            len(self.dataset), self.total_batch, total, opts.seed, start, ctx.rank, ctx.world_size,
+            len(self.dataset), self.total_batch, num_iters, opts.seed, start, ctx.rank, ctx.world_size,
             self.cfg.train.repeat_dataset,
         )
         batches = iter(make_train_loader(self.dataset, sampler, opts.workers))
         if rng_state is not None:  # after the loader drew its worker seed: RNG as at the save
             restore_rng(rng_state)
-        eval_every = opts.eval_every or self.ipe
+        # a budget evaluates at the end only, unless asked (periodic evaluations take from its time)
+        eval_every = opts.eval_every or (None if budget else self.ipe)
         ckpt_every = opts.checkpoint_every or self.ipe
-        bar = None
-        if ctx.is_main and opts.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, initial=start, unit="it", desc="train", dynamic_ncols=True)
+        bar = self._progress_bar(start, total) if ctx.is_main and opts.progress else None
         self.model.train()
         tic = time.perf_counter()
-        for it in range(start, total):
+        steps = StepTimer()
+        done, unlogged, evaluated_at = start, None, None
+        while not finished:
+            elapsed = self._elapsed() if budget else self.clock.elapsed()
+            if not self._more(done, elapsed, steps):
+                break
+            step_tic = time.perf_counter()
             try:
                 images, targets, problems = next(batches)
             except SipMaskError as err:  # e.g. --strict and a corrupt image, met in a worker
                 raise type(err)(worker_error_message(err)) from None
             self.dataset.problem_log.merge(problems)
+            it = done
+            self._set_lr(it, elapsed)
             values = self._step(it, images, targets)
+            steps.add(time.perf_counter() - step_tic)
             done = it + 1
             lr = self.optimizer.param_groups[0]["lr"]
+            now = self.clock.elapsed()
             if bar is not None:
-                bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
-                bar.update(1)
-            if ctx.is_main and (done % opts.log_every == 0 or done == total or done == start + 1):
-                elapsed = time.perf_counter() - tic
-                speed = (done - start) / elapsed
-                logger.write({"iter": done, "epoch": it // self.ipe + 1, "lr": lr, "loss": values.pop("loss"),
-                              "losses": values, "s_per_iter": 1.0 / speed, "eta_s": (total - done) / speed})
+                bar.set_postfix(iter=done, loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
+                bar.update(1 if not budget else min(now, self.schedule.train_s) - bar.n)
+            if ctx.is_main:
+                speed = (done - start) / (time.perf_counter() - tic)
+                eta = (total - done) / speed if total is not None else max(self.schedule.train_s - now, 0.0)
+                unlogged = {"iter": done, "epoch": it // self.ipe + 1, "lr": lr, "elapsed_s": now,
+                            "loss": values.pop("loss"), "losses": values, "s_per_iter": 1.0 / speed, "eta_s": eta}
+                if done % opts.log_every == 0 or done == start + 1 or done == total:
+                    logger.write(unlogged)
+                    unlogged = None
+            if done == total:
+                break  # the end below evaluates and saves
             best = False
-            if opts.val_ann is not None and (done % eval_every == 0 or done == total):
+            if opts.val_ann is not None and eval_every is not None and done % eval_every == 0 and self._eval_fits():
                 best = self._evaluate_and_track(done, logger, bar)
-            if done % ckpt_every == 0 or done == total or best:
+                evaluated_at = done
+            if done % ckpt_every == 0 or best:
                 self._save(done, best)
+        del batches  # the loader's processes end now, not during the final evaluation
         if bar is not None:
             bar.close()
+        if not finished:
+            if unlogged is not None:
+                logger.write(unlogged)
+            best = False
+            if opts.val_ann is not None and evaluated_at != done:
+                best = self._evaluate_and_track(done, logger, None)
+            self._save(done, best, finished=True)
+        end = {"event": "end", "iter": done, "iterations": done, "elapsed_s": self.clock.elapsed(),
+               "problems": self.dataset.problems, "metrics": self.last_metrics}
+        if budget:
+            end["budget_s"] = self.schedule.budget_s
+            say(f"budget {self.schedule.budget_s / 60:g} min: {done} iterations"
+                + (f" ({done - start} in this process)" if opts.resume else "")
+                + f", {end['elapsed_s']:.1f} s in all")
         if ctx.is_main:
-            logger.write({"event": "end", "iter": total, "problems": self.dataset.problems, "metrics": self.last_metrics})
+            logger.write(end)
         logger.close()
         return {
             "is_main": ctx.is_main,
-            "iterations": total,
+            "iterations": done,
             "last": str(self.out / "last.pth"),
             "best": str(self.out / "best.pth") if (self.out / "best.pth").exists() else None,
             "metrics": self.last_metrics,
             "problems": self.dataset.problems,
+            "elapsed_s": end["elapsed_s"],
         }
+
+    def _eval_fits(self) -> bool:
+        """A budget's periodic evaluation runs only when it ends before the training time is up (the
+        final one has its own reserve)."""
+        if not isinstance(self.schedule, TimeSchedule):
+            return True
+        return broadcast_object(self.ctx, self.clock.elapsed() + self._reserve_eval_s() <= self.schedule.train_s)
+
+    def _reserve_eval_s(self) -> float:
+        """Estimated seconds of one evaluation (without the estimate: all the time kept for the end)."""
+        if self.reserve is not None:
+            return self.reserve.eval_s
+        return self.schedule.budget_s - self.schedule.train_s
+
+    def _progress_bar(self, start: int, total: int | None) -> Any:
+        """tqdm over iterations, or over the training seconds of a budget."""
+        from tqdm import tqdm
+
+        if total is not None:
+            return tqdm(total=total, initial=start, unit="it", desc="train", dynamic_ncols=True)
+        train_s = self.schedule.train_s
+        return tqdm(total=train_s, initial=min(self.clock.elapsed(), train_s), unit="s", desc="train",
+                    dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s "
+                    "[{elapsed}<{remaining}{postfix}]")
