@@ -7,14 +7,14 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from sipmask.tracking.base import Tracker, official_iou, read_detections
-from sipmask.tracking.tracks import FORBIDDEN, Tracks, assign
+from sipmask.tracking.base import official_iou
+from sipmask.tracking.tracks import FORBIDDEN, TrackMemoryTracker, assign
 
 #: Smallest IoU with a track's last box that links a detection to it.
 IOU_THRESHOLD = 0.3
 
 
-class IoUTracker(Tracker):
+class IoUTracker(TrackMemoryTracker):
     """Box-IoU tracker.
 
     Args:
@@ -35,17 +35,9 @@ class IoUTracker(Tracker):
         self.min_new_score, self.max_tracks = float(min_new_score), int(max_tracks)
         self.reset()
 
-    def reset(self) -> None:
-        self.tracks = Tracks()
-        self.frame = -1
-
     def _update(self, result: Mapping[str, Any]) -> Tensor:
-        det = read_detections(result, self.name, need_embeddings=False)
-        self.frame += 1
-        tracks, frame = self.tracks, self.frame
-        tracks.age_out(frame, self.max_age)
-        n = len(det)
-        ids = torch.full((n,), -1, dtype=torch.int64)
+        det, ids = self._begin_frame(result)
+        tracks, frame, n = self.tracks, self.frame, len(det)
         if n == 0:
             return ids
         ious = official_iou(det.boxes, tracks.boxes)  # [N, M]

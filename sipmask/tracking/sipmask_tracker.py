@@ -35,11 +35,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from sipmask.tracking.base import Tracker, match_scores, official_iou, read_detections
-from sipmask.tracking.tracks import FORBIDDEN, NEW, Tracks, assign
+from sipmask.tracking.base import match_scores, official_iou
+from sipmask.tracking.tracks import FORBIDDEN, NEW, TrackMemoryTracker, assign
 
 
-class SipMaskTracker(Tracker):
+class SipMaskTracker(TrackMemoryTracker):
     """Official match score + ageing, new-track threshold, bounded memory, Hungarian, motion, feature averaging.
 
     Args:
@@ -76,17 +76,12 @@ class SipMaskTracker(Tracker):
         self.reset()
 
     def reset(self) -> None:
-        self.tracks = Tracks()
-        self.frame = -1
+        super().reset()
         self.last_comp_scores: Tensor | None = None  # [N, 1 + M] of the last frame
 
     def _update(self, result: Mapping[str, Any]) -> Tensor:
-        det = read_detections(result, self.name, need_embeddings=True)
-        self.frame += 1
-        tracks, frame = self.tracks, self.frame
-        tracks.age_out(frame, self.max_age)
-        n = len(det)
-        ids = torch.full((n,), -1, dtype=torch.int64)
+        det, ids = self._begin_frame(result)
+        tracks, frame, n = self.tracks, self.frame, len(det)
         if n == 0:
             self.last_comp_scores = None
             return ids

@@ -2,10 +2,14 @@
 embeddings; ageing, bounded memory, and one-to-one assignment (Hungarian)."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+
+from sipmask.tracking.base import Detections, Tracker, read_detections
 
 #: Score of a forbidden (detection, column) pair in the assignment matrix: never worth taking.
 FORBIDDEN = -1e9
@@ -132,3 +136,21 @@ def _greedy(match: np.ndarray, new: np.ndarray) -> np.ndarray:
         else:
             out[i] = DROP
     return out
+
+
+class TrackMemoryTracker(Tracker):
+    """A tracker with a `Tracks` memory that ages out tracks unseen for more than `max_age` frames
+    (the `sipmask` and `iou` trackers): `_begin_frame` reads the detections and starts the frame."""
+
+    max_age: int = 30
+
+    def reset(self) -> None:
+        self.tracks = Tracks()
+        self.frame = -1
+
+    def _begin_frame(self, result: Mapping[str, Any]) -> tuple[Detections, Tensor]:
+        """(this frame's detections, their ids all -1 [N]), after ageing out old tracks."""
+        det = read_detections(result, self.name, need_embeddings=self.needs_embeddings)
+        self.frame += 1
+        self.tracks.age_out(self.frame, self.max_age)
+        return det, torch.full((len(det),), -1, dtype=torch.int64)
