@@ -21,6 +21,8 @@ FCOS_REGRESS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.
 FPN_STRIDES = (8, 16, 32, 64, 128)
 #: Embedding channels of the official SipMask-VIS tracking branch (`sipmask_track`: 768 -> 512).
 VIS_TRACK_CHANNELS = 512
+#: GroupNorm groups of a "gn" backbone (the GroupNorm paper's default, as in the head).
+GN_GROUPS = 32
 #: Embedding channels of `tiny_vis`: small enough for CPU training on synthetic videos.
 TINY_TRACK_CHANNELS = 128
 
@@ -35,6 +37,9 @@ class BackboneConfig:
     frozen_bn_buffers: bool = False  # BM: BN statistics and affine terms are buffers, not parameters
     dcn_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)
     dcn_interval: int = 3  # SipMask++: DCN in the first block of a stage and every third block
+    # "bn": BatchNorm (official); "gn": GroupNorm with GN_GROUPS groups, whose statistics do not
+    # depend on the batch (from-scratch training at the small batches a CPU affords).
+    norm: str = "bn"
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,10 @@ class TrainConfig:
     lr_steps: tuple[int, ...] = (8, 11)  # epochs at which the lr is multiplied by 0.1
     images_per_gpu: int = 4
     repeat_dataset: int = 1  # RT "6x"/"10x": the dataset is repeated 3/5 times per epoch
+    optimizer: str = "sgd"  # "sgd" (official, momentum) or "adamw" (betas ADAMW_BETAS, no decay on norms / biases)
+    # "step": x0.1 at lr_steps (official); "cosine": half a cosine from the lr down to lr x min_lr_ratio
+    lr_policy: str = "step"
+    min_lr_ratio: float = 0.0  # the cosine's floor, as a fraction of the lr
 
 
 @dataclass(frozen=True)
@@ -312,6 +321,9 @@ NAME_CHOICES: dict[str, tuple[str, ...]] = {
     "input.augment": ("flip", "ssd"),
     "input.resize_style": ("mmcv", "pil"),
     "train.warmup": ("constant", "linear", "none"),
+    "train.optimizer": ("sgd", "adamw"),
+    "train.lr_policy": ("step", "cosine"),
+    "backbone.norm": ("bn", "gn"),
 }
 
 

@@ -7,7 +7,7 @@ from typing import Any, Callable
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from sipmask.config import BackboneConfig
+from sipmask.config import GN_GROUPS, BackboneConfig
 from sipmask.errors import CheckpointError
 from sipmask.model.deformable import DeformConvPack
 
@@ -23,9 +23,14 @@ STAGE_PLANES = (64, 128, 256, 512)
 BnFactory = Callable[[int], nn.Module]
 
 
-def _bn(channels: int, eps: float, buffers: bool = False) -> nn.Module:
-    """BatchNorm; with buffers=True a frozen one whose affine terms are buffers (SipMask-benchmark)."""
-    return FrozenBatchNorm2d(channels, eps=eps) if buffers else nn.BatchNorm2d(channels, eps=eps)
+def _norm(channels: int, cfg: BackboneConfig) -> nn.Module:
+    """The backbone's norm layer: BatchNorm (frozen, with buffers for affine terms, for
+    SipMask-benchmark) or GroupNorm (cfg.norm == "gn")."""
+    if cfg.norm == "gn":
+        return nn.GroupNorm(GN_GROUPS, channels)
+    if cfg.frozen_bn_buffers:
+        return FrozenBatchNorm2d(channels, eps=cfg.bn_eps)
+    return nn.BatchNorm2d(channels, eps=cfg.bn_eps)
 
 
 class BasicBlock(nn.Module):
@@ -92,7 +97,7 @@ class ResNet(nn.Module):
         kind, blocks = RESNET_SPECS[cfg.depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        bn: BnFactory = lambda channels: _bn(channels, cfg.bn_eps, cfg.frozen_bn_buffers)  # noqa: E731
+        bn: BnFactory = lambda channels: _norm(channels, cfg)  # noqa: E731
         self.bn1 = bn(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)

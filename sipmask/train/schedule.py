@@ -1,4 +1,4 @@
-"""Learning-rate schedule of the official configs: constant or linear warm-up, then x0.1 steps.
+"""Learning-rate schedules: constant or linear warm-up, then x0.1 steps (official) or a cosine.
 
 Two clocks: `Schedule` counts iterations (`--iters` / `--epochs` / the preset's epochs);
 `TimeSchedule` follows the elapsed time of a wall-clock budget (`--minutes`), with the preset's step
@@ -6,6 +6,7 @@ epochs as fractions of the training time. Both answer `factor(iteration, elapsed
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,14 @@ STEP_GAMMA = 0.1
 #: A time budget's warm-up ends, at the latest, when this fraction of the training time is spent
 #: (see `TimeSchedule`): a short budget on a slow machine still trains mostly at the full lr.
 WARMUP_MAX_FRACTION = 0.1
+
+
+def _decay_factor(policy: str, progress: float, step_fractions: tuple[float, ...], min_ratio: float) -> float:
+    """The lr multiplier after warm-up at `progress` in [0, 1] of the schedule: x STEP_GAMMA at each
+    step fraction passed ("step"), or half a cosine from 1 down to `min_ratio` ("cosine")."""
+    if policy == "cosine":
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return STEP_GAMMA ** sum(1 for f in step_fractions if progress >= f)
 
 
 def _warmup_factor(warmup: str, ratio: float, progress: float) -> float:
@@ -34,12 +43,16 @@ class Schedule:
     warmup: str = "linear"  # "linear" | "constant" | "none"
     warmup_iters: int = 0
     warmup_ratio: float = 1.0
+    policy: str = "step"  # "step" (x0.1 at step_iters) or "cosine" (to min_ratio at the last iteration)
+    min_ratio: float = 0.0
 
     def factor(self, iteration: int, elapsed_s: float | None = None) -> float:
-        """lr multiplier at 0-based `iteration` (mmcv semantics: warm-up scales the stepped lr).
+        """lr multiplier at 0-based `iteration` (mmcv semantics: warm-up scales the decayed lr).
         `elapsed_s` is ignored (the `TimeSchedule` interface)."""
-        steps_passed = sum(1 for s in self.step_iters if iteration >= s)
-        regular = STEP_GAMMA ** steps_passed
+        if self.policy == "cosine":
+            regular = _decay_factor("cosine", iteration / max(self.total_iters - 1, 1), (), self.min_ratio)
+        else:
+            regular = STEP_GAMMA ** sum(1 for s in self.step_iters if iteration >= s)
         if self.warmup == "none" or iteration >= self.warmup_iters:
             return regular
         return regular * _warmup_factor(self.warmup, self.warmup_ratio, iteration / self.warmup_iters)
@@ -56,6 +69,8 @@ class Schedule:
             "warmup": self.warmup,
             "warmup_iters": self.warmup_iters,
             "warmup_ratio": self.warmup_ratio,
+            "policy": self.policy,
+            "min_ratio": self.min_ratio,
         }
 
 
@@ -84,6 +99,8 @@ def make_schedule(cfg: TrainConfig, iters_per_epoch: int, iters: int | None = No
         warmup=cfg.warmup,
         warmup_iters=min(cfg.warmup_iters, total),
         warmup_ratio=cfg.warmup_ratio,
+        policy=cfg.lr_policy,
+        min_ratio=cfg.min_lr_ratio,
     )
 
 
@@ -117,6 +134,8 @@ class TimeSchedule:
     warmup_iters: int = 0
     warmup_ratio: float = 1.0
     warmup_max_fraction: float = WARMUP_MAX_FRACTION
+    policy: str = "step"  # "step" (x0.1 at step_fractions) or "cosine" (to min_ratio at train_s)
+    min_ratio: float = 0.0
 
     def progress(self, elapsed_s: float) -> float:
         """Fraction of the training window spent, in [0, 1]."""
@@ -127,7 +146,7 @@ class TimeSchedule:
         if elapsed_s is None:
             raise ValueError("a time schedule needs the elapsed time")
         progress = self.progress(elapsed_s)
-        regular = STEP_GAMMA ** sum(1 for f in self.step_fractions if progress >= f)
+        regular = _decay_factor(self.policy, progress, self.step_fractions, self.min_ratio)
         if self.warmup == "none" or self.warmup_iters == 0:
             return regular
         warmed = max(iteration / self.warmup_iters, progress / self.warmup_max_fraction)
@@ -138,7 +157,7 @@ class TimeSchedule:
     @property
     def final_factor(self) -> float:
         """The multiplier at the end of the training time (its bottom)."""
-        return STEP_GAMMA ** len(self.step_fractions)
+        return _decay_factor(self.policy, 1.0, self.step_fractions, self.min_ratio)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,6 +169,8 @@ class TimeSchedule:
             "warmup_iters": self.warmup_iters,
             "warmup_ratio": self.warmup_ratio,
             "warmup_max_fraction": self.warmup_max_fraction,
+            "policy": self.policy,
+            "min_ratio": self.min_ratio,
         }
 
     @classmethod
@@ -174,4 +195,6 @@ def make_time_schedule(cfg: TrainConfig, budget_s: float, start_s: float = 0.0, 
         warmup=cfg.warmup,
         warmup_iters=cfg.warmup_iters,
         warmup_ratio=cfg.warmup_ratio,
+        policy=cfg.lr_policy,
+        min_ratio=cfg.min_lr_ratio,
     )

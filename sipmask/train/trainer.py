@@ -49,6 +49,8 @@ BIAS_DECAY_MULT = 0.0
 #: Norm layers that the official regex `(bn|gn)(\d+)?.(weight|bias)` does not match because the
 #: official module is named `norm` (FeatureAlign's GN): their bias is treated as an ordinary bias.
 OFFICIAL_UNMATCHED_NORMS = ("feature_align.norm",)
+#: AdamW moment decay rates (the PyTorch / Adam paper defaults).
+ADAMW_BETAS = (0.9, 0.999)
 #: Metric that decides best.pth.
 BEST_METRIC = ("segm", "AP")
 
@@ -115,6 +117,28 @@ def param_groups(model: nn.Module, cfg: TrainConfig, base_lr: float) -> list[dic
         lr = base_lr * BIAS_LR_MULT
         groups.append({"params": biases, "lr": lr, "base_lr": lr, "weight_decay": cfg.weight_decay * BIAS_DECAY_MULT})
     return groups
+
+
+def decay_groups(model: nn.Module, cfg: TrainConfig, base_lr: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on conv / linear weights only; biases and norm affine terms (every
+    parameter of one dimension) are not decayed (the usual AdamW practice: decaying a GroupNorm gain
+    towards 0 only fights the normalisation). Frozen parameters are left out."""
+    decayed, kept = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decayed if p.ndim > 1 else kept).append(p)
+    return [
+        {"params": decayed, "lr": base_lr, "base_lr": base_lr, "weight_decay": cfg.weight_decay},
+        {"params": kept, "lr": base_lr, "base_lr": base_lr, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, base_lr: float) -> torch.optim.Optimizer:
+    """The preset's optimiser: SGD with momentum and the official groups, or AdamW."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(decay_groups(model, cfg, base_lr), lr=base_lr, betas=ADAMW_BETAS)
+    return torch.optim.SGD(param_groups(model, cfg, base_lr), lr=base_lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
 
 
 def _as_tuple(value: Any) -> Any:
@@ -326,12 +350,7 @@ class _Trainer:
             if self.ctx.is_main:
                 print(report.message())
         self.model = model.to(self.ctx.device)
-        self.optimizer = torch.optim.SGD(
-            param_groups(self.model, self.cfg.train, self.base_lr),
-            lr=self.base_lr,
-            momentum=self.cfg.train.momentum,
-            weight_decay=self.cfg.train.weight_decay,
-        )
+        self.optimizer = build_optimizer(self.model, self.cfg.train, self.base_lr)
         self.use_amp = self.opts.amp and self.ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 

@@ -1,0 +1,71 @@
+"""The CPU recipe's knobs: a GroupNorm backbone, AdamW with undecayed norms / biases, and a cosine
+schedule over iterations or over a wall-clock budget."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from sipmask.config import GN_GROUPS, get_preset
+from sipmask.errors import ConfigError
+from sipmask.model.detector import build_model
+from sipmask.train.schedule import TimeSchedule, make_schedule, make_time_schedule
+from sipmask.train.trainer import build_optimizer
+
+
+def test_gn_backbone_has_group_norms_only_and_trains_in_eval_free_mode():
+    cfg = get_preset("tiny").with_overrides(backbone__norm="gn", num_classes=2)
+    backbone = build_model(cfg).backbone
+    norms = [m for m in backbone.modules() if isinstance(m, (nn.GroupNorm, nn.modules.batchnorm._NormBase))]
+    assert norms and all(isinstance(m, nn.GroupNorm) and m.num_groups == GN_GROUPS for m in norms)
+    # GroupNorm needs no batch statistics: one image in train mode gives the eval-mode output
+    backbone.train()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        train_out = backbone(x)
+        backbone.eval()
+        eval_out = backbone(x)
+    for a, b in zip(train_out, eval_out):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ConfigError, match="backbone.norm"):
+        get_preset("tiny").with_overrides(backbone__norm="ln")
+
+
+def test_adamw_decays_weights_but_not_biases_or_norms():
+    cfg = get_preset("tiny").with_overrides(train__optimizer="adamw", train__weight_decay=0.05, num_classes=2)
+    model = build_model(cfg)
+    opt = build_optimizer(model, cfg.train, 1e-3)
+    assert isinstance(opt, torch.optim.AdamW)
+    decayed, kept = opt.param_groups
+    assert decayed["weight_decay"] == 0.05 and kept["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in kept["params"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(decayed["params"]) + len(kept["params"]) == len(trainable)
+    assert all(g["base_lr"] == 1e-3 for g in opt.param_groups)
+    sgd = build_optimizer(model, get_preset("tiny").train, 0.01)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[1]["lr"] == pytest.approx(0.02)  # official bias x2
+
+
+def test_cosine_schedule_over_iterations():
+    cfg = replace(get_preset("tiny").train, lr_policy="cosine", min_lr_ratio=0.05, warmup="linear",
+                  warmup_iters=10, warmup_ratio=0.1)
+    s = make_schedule(cfg, iters_per_epoch=10, iters=101)
+    assert s.factor(0) == pytest.approx(0.1)  # warm-up scales the decayed lr
+    assert s.factor(50) == pytest.approx(0.05 + 0.95 * 0.5)  # half way: the middle of the cosine
+    assert s.factor(100) == pytest.approx(0.05) == s.final_factor
+    values = [s.factor(i) for i in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # after warm-up it only decays
+
+
+def test_cosine_schedule_over_a_budget_reaches_its_floor_at_the_end_of_training():
+    cfg = replace(get_preset("tiny").train, lr_policy="cosine", min_lr_ratio=0.0, warmup="none")
+    s = make_time_schedule(cfg, budget_s=130.0, start_s=10.0, reserve_s=20.0)  # training 10 s -> 110 s
+    assert s.factor(0, 10.0) == 1.0
+    assert s.factor(500, 60.0) == pytest.approx(0.5)
+    assert s.factor(500, 85.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.75)))
+    assert s.factor(900, 110.0) == s.final_factor == 0.0 and s.factor(900, 300.0) == 0.0
+    assert TimeSchedule.from_dict(json.loads(json.dumps(s.to_dict()))) == s
