@@ -95,10 +95,11 @@ class _Canvas:
         Rules: enough of it inside the image; it covers no pixel of another cluster; every earlier
         object keeps MIN_VISIBLE_FRACTION visible; with `need_touch`, its border touches a visible
         pixel of its own cluster. Why every object then touches its cluster in the final image: an
-        object covered in part is connected, so a visible pixel of it lies next to a covered one,
-        whose top object overlaps it and is therefore of the same cluster; an object never covered
-        still has the visible cluster pixels next to its border that it was placed against, or (if
-        they were covered since) the same-cluster objects that cover them.
+        object covered in part is connected (all shapes are, except a ring cut in two by the image
+        border), so a visible pixel of it lies next to a covered one, whose top object overlaps it and
+        is therefore of the same cluster; an object never covered still has the visible cluster pixels
+        next to its border that it was placed against, or (if they were covered since) the
+        same-cluster objects that cover them.
         """
         reach = math.hypot(rx, ry) + 1  # bounding radius plus the dilation pixel
         y0, x0 = math.floor(cy - reach), math.floor(cx - reach)
