@@ -19,9 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     coco = kinds.add_parser("coco", help="COCO-format images of touching, overlapping textured shapes")
     coco.add_argument("--out", required=True, help="output folder")
     coco.add_argument("--num-images", type=positive_int, default=100, help="training images (default 100)")
+    coco.add_argument("--num-val-images", type=positive_int, default=None,
+                      help="validation images (default 20%% of --num-images, at least 1)")
     coco.add_argument("--size", type=int_at_least(MIN_COCO_SIZE), default=320,
                       help=f"image side in pixels, >= {MIN_COCO_SIZE} (default 320)")
     coco.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    coco.add_argument("--hard", action="store_true",
+                      help="harder data: 1-3 clusters per image of 2-6 touching, overlapping look-alikes of one "
+                           "class (5 classes, ids 2, 5, 6, 11, 17), objects 8 px to half the image side, "
+                           "textured and low-contrast backgrounds in part of the images")
     coco.set_defaults(func=run)
 
     ytvis = kinds.add_parser("ytvis", help="YouTube-VIS-format videos of moving, occluding textured shapes")
@@ -44,9 +50,13 @@ def _check_out(out: str) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_out(args.out)
     if args.synth_kind == "coco":
-        from sipmask.data.synth_coco import write_synthetic_coco
+        if args.hard:
+            from sipmask.data.synth_coco_hard import write_hard_synthetic_coco as write
+        else:
+            from sipmask.data.synth_coco import write_synthetic_coco as write
 
-        paths = write_synthetic_coco(out=args.out, num_images=args.num_images, size=args.size, seed=args.seed)
+        paths = write(out=args.out, num_images=args.num_images, size=args.size, seed=args.seed,
+                      val_images=args.num_val_images)
     elif args.synth_kind == "ytvis":
         from sipmask.data.synth_ytvis import write_synthetic_ytvis
 
