@@ -65,6 +65,11 @@ class HeadConfig:
     align_conv_bias: bool = False  # BM: the aligned deformable conv has a bias
     align_norm: bool | None = None  # None: GN after alignment iff use_gn (MM); True: always (BM)
     coef_init_std: float = 0.001  # official MM init of the coefficient conv
+    # "official": the basis branch's convs drawn from normal(0, 0.01), which starts every mask logit
+    # near 0 (std about 0.02 in `tiny`) and leaves the mask loss flat at ln 2 for the first ~200
+    # steps from scratch; "kaiming": He init (ReLU gain), mask logits start with std about 0.5.
+    basis_init: str = "official"
+    basis_norm: bool = False  # GroupNorm before the basis branch's ReLUs (see BasisBranch); not official
     align_offset_groups: int = 4  # deformable groups of the alignment conv (official)
     # SipMask-VIS tracking branch: embedding channels of the stride-8 map (official 512); 0 = no
     # branch (an image model). A config with track_channels > 0 is a video model.
@@ -324,6 +329,7 @@ NAME_CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("sgd", "adamw"),
     "train.lr_policy": ("step", "cosine"),
     "backbone.norm": ("bn", "gn"),
+    "head.basis_init": ("official", "kaiming"),
 }
 
 

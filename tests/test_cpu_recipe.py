@@ -69,3 +69,40 @@ def test_cosine_schedule_over_a_budget_reaches_its_floor_at_the_end_of_training(
     assert s.factor(500, 85.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.75)))
     assert s.factor(900, 110.0) == s.final_factor == 0.0 and s.factor(900, 300.0) == 0.0
     assert TimeSchedule.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+def _initial_mask_logit_std(basis_init: str) -> float:
+    """Std of the mask logits (basis . coefficients) of a freshly built tiny head on a random image."""
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny").with_overrides(head__basis_init=basis_init, num_classes=3)).eval()
+    with torch.no_grad():
+        out = model.head(model.neck(model.backbone(torch.rand(1, 3, 160, 160) * 2 - 1)))
+    coefs = out.coefs[0][0].flatten(1).T.reshape(-1, model.cfg.head.grid ** 2, model.cfg.head.num_bases)  # [P, k*k, K]
+    logits = torch.einsum("pck,khw->pchw", coefs[::7], out.basis[0])
+    return float(logits.std())
+
+
+def test_kaiming_basis_init_starts_mask_logits_away_from_zero():
+    """The official init starts every mask at sigmoid(~0) = 0.5, a flat start for the mask loss from
+    scratch (measured: ln 2 for ~200 steps); He init gives the logits a usable spread."""
+    official, kaiming = _initial_mask_logit_std("official"), _initial_mask_logit_std("kaiming")
+    assert official < 0.05 and 0.2 < kaiming < 2.0
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_basis_norm_keeps_every_basis_map_alive(norm):
+    """A basis conv pushed far negative (the dead state the official branch falls into from scratch)
+    zeroes every basis map; with basis_norm each map stays partly active."""
+    from sipmask.model.head import BasisBranch
+
+    torch.manual_seed(0)
+    branch = BasisBranch(feat_channels=64, num_bases=8, norm=norm, gn_groups=8)
+    with torch.no_grad():
+        branch.out.bias.fill_(-100.0)
+        basis = branch([torch.randn(2, 64, 16 // 2**i, 16 // 2**i) for i in range(3)])
+    assert basis.shape == (2, 8, 64, 64) and bool((basis >= 0).all())
+    active = (basis > 0).flatten(2).float().mean(-1)  # [B, K] fraction of pixels on
+    if norm:
+        assert bool((active > 0.2).all())
+    else:
+        assert bool((active == 0).all())

@@ -66,13 +66,20 @@ class FeatureAlign(nn.Module):
 
 
 class BasisBranch(nn.Module):
-    """Basis masks from the P3-P5 regression features: [B, 3F, H/8, W/8] -> [B, num_bases, H/2, W/2]."""
+    """Basis masks from the P3-P5 regression features: [B, 3F, H/8, W/8] -> [B, num_bases, H/2, W/2].
 
-    def __init__(self, feat_channels: int, num_bases: int) -> None:
+    With `norm`, a GroupNorm before each ReLU (one group per basis at the output): every basis map
+    stays about half active, so the branch cannot die (all ReLUs off, masks stuck at sigmoid(0)), as
+    the official branch does for the first ~200 steps of a from-scratch CPU run.
+    """
+
+    def __init__(self, feat_channels: int, num_bases: int, norm: bool = False, gn_groups: int = 32) -> None:
         super().__init__()
         hidden = BASIS_HIDDEN_PER_256 * feat_channels // 256
         self.lateral = nn.Conv2d(BASIS_LEVELS * feat_channels, hidden, 1)
         self.out = nn.Conv2d(hidden, num_bases, 3, padding=1)
+        self.lateral_norm = nn.GroupNorm(gn_groups, hidden) if norm else nn.Identity()
+        self.out_norm = nn.GroupNorm(num_bases, num_bases) if norm else nn.Identity()
 
     def forward(self, reg_feats: list[Tensor]) -> Tensor:
         size = reg_feats[0].shape[-2:]
@@ -80,7 +87,8 @@ class BasisBranch(nn.Module):
             F.interpolate(f, scale_factor=2**i, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
             for i, f in enumerate(reg_feats[1:BASIS_LEVELS], start=1)
         ]
-        x = F.relu(self.out(F.relu(self.lateral(torch.cat(ups, dim=1)))))
+        x = F.relu(self.lateral_norm(self.lateral(torch.cat(ups, dim=1))))
+        x = F.relu(self.out_norm(self.out(x)))
         return F.interpolate(x, scale_factor=BASIS_UPSAMPLE, mode="bilinear", align_corners=False)
 
 
@@ -137,7 +145,7 @@ class SipMaskHead(nn.Module):
         self.centerness = nn.Conv2d(feat, 1, 3, padding=1)
         self.scales = nn.Parameter(torch.ones(len(cfg.strides)))
         self.coef_conv = nn.Conv2d(feat, cfg.grid * cfg.grid * cfg.num_bases, 3, padding=1)
-        self.basis = BasisBranch(feat, cfg.num_bases)
+        self.basis = BasisBranch(feat, cfg.num_bases, cfg.basis_norm, cfg.gn_groups)
         self.rescoring = MaskRescoring(cfg.num_classes) if cfg.mask_rescoring else None
         self.tracking = (
             TrackingBranch(in_channels, feat, cfg.stacked_convs - 1, cfg.track_channels, gn, bias)
@@ -155,6 +163,9 @@ class SipMaskHead(nn.Module):
             if conv.bias is not None:
                 nn.init.zeros_(conv.bias)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - CLASS_PRIOR_PROB) / CLASS_PRIOR_PROB))
+        if self.cfg.basis_init == "kaiming":
+            for conv in (self.basis.lateral, self.basis.out):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
         nn.init.normal_(self.coef_conv.weight, std=self.cfg.coef_init_std)
         nn.init.zeros_(self.coef_conv.bias)
         if isinstance(self.feature_align, FeatureAlign):
