@@ -100,9 +100,11 @@ class _Runner:
         criterion.targets = timed_targets
 
     def step(self, images, targets) -> dict[str, float]:
-        """One training step; returns the seconds of each phase (PHASES without data) and "step"."""
+        """One training step; returns the seconds of each phase (PHASES without data), "step" (wall) and
+        "cpu" (CPU seconds of this process: with one thread, the step's work whatever else the machine runs)."""
         model, clock = self.model, time.perf_counter
         self.phase = {}
+        cpu0 = time.process_time()
         t0 = clock()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             batch = model.batch_images(images)
@@ -126,7 +128,7 @@ class _Runner:
         t6 = clock()
         tg = self.phase.get("targets", 0.0)
         return {"backbone": t1 - t0, "neck": t2 - t1, "head": t3 - t2, "targets": tg, "losses": t4 - t3 - tg,
-                "backward": t5 - t4, "optimiser": t6 - t5, "step": t6 - t0}
+                "backward": t5 - t4, "optimiser": t6 - t5, "step": t6 - t0, "cpu": time.process_time() - cpu0}
 
 
 def _data(config: str, batch: int, size: int, images: int, tmp: str):
@@ -179,9 +181,13 @@ def _profile_and_variants(args, model, cfg, dataset, images, targets) -> dict:
     for key, runs in times.items():
         label = f"{key[0]}@{key[1]}t"
         steps = [p["step"] for p in runs]
+        cpu = [p["cpu"] for p in runs]
         entry = {"step_s": _median(steps), "runs_s": [round(s, 4) for s in steps],
                  # each round's own pair (robust to load that drifts between rounds)
-                 "over_first_run_median": round(statistics.median(s / b for s, b in zip(steps, base)), 4)}
+                 "over_first_run_median": round(statistics.median(s / b for s, b in zip(steps, base)), 4),
+                 "cpu_s": _median(cpu),
+                 "cpu_over_first_run_median": round(statistics.median(
+                     c / p["cpu"] for c, p in zip(cpu, times[first])), 4)}
         if args.profile:
             entry["phases_s"] = {p: _median([r[p] for r in runs]) for p in PHASES if p != "data"}
         result["variants"][label] = entry
@@ -284,7 +290,8 @@ def _full_vs_network(args, model, cfg, images, targets) -> dict:
 
 def _print_table(result: dict) -> None:
     for label, entry in result.get("variants", {}).items():
-        line = f"{label:<24} step {entry['step_s']:.3f} s  (x{entry['over_first_run_median']:.3f} of the first)"
+        line = (f"{label:<24} step {entry['step_s']:.3f} s (x{entry['over_first_run_median']:.3f} of the first), "
+                f"CPU {entry['cpu_s']:.3f} s (x{entry['cpu_over_first_run_median']:.3f})")
         if "phases_s" in entry:
             line += "  " + ", ".join(f"{p} {s:.3f}" for p, s in entry["phases_s"].items())
         print(line)

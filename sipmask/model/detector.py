@@ -43,8 +43,10 @@ class SipMask(nn.Module):
         return self.pixel_mean.device
 
     def batch_images(self, images: Sequence[Tensor]) -> Tensor:
-        """List of RGB 0-255 [3, H_i, W_i] -> normalised, padded [B, 3, H, W]."""
-        return normalise_and_pad(list(images), self.cfg.input, self.pixel_mean, self.pixel_std)
+        """List of RGB 0-255 [3, H_i, W_i] -> normalised, padded [B, 3, H, W], channels-last in memory
+        when the network's weights are (`channels_last`: inference and training on the CPU)."""
+        batch = normalise_and_pad(list(images), self.cfg.input, self.pixel_mean, self.pixel_std)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def features(self, batch: Tensor) -> list[Tensor]:
         """[B, 3, H, W] -> FPN levels P3..P7."""
@@ -170,10 +172,7 @@ class SipMask(nn.Module):
         The batch is channels-last in memory when the network's weights are (see `for_inference`).
         """
         prepared = [prepare_test_image(a, self.cfg.input, self.device) for a in arrays]
-        batch = self.batch_images([p[0] for p in prepared])
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch, [p[1] for p in prepared]
+        return self.batch_images([p[0] for p in prepared]), [p[1] for p in prepared]
 
     def network_features(self, batch: Tensor) -> list[Tensor]:
         """Backbone + FPN in the network's dtype (or under CPU bfloat16 autocast): float32 batch
