@@ -237,3 +237,39 @@ def test_cli_predict_bf16(tmp_path, monkeypatch, capsys):
     assert main(["predict", str(image), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "q"),
                  "--bf16", "--backend", "onnxruntime"]) == 2
     assert capsys.readouterr().err.strip().endswith("error: --bf16 is an option of --backend torch")
+
+
+def test_a_bf16_model_stays_bf16(trained):
+    """for_inference on a bfloat16 copy (as evaluation does with the model it is given) keeps it bfloat16."""
+    model, image, _ = trained
+    low = model.for_inference("cpu", bf16=True)
+    again = low.for_inference()
+    assert again.cpu_bf16 and again.backbone.conv1.weight.dtype == torch.bfloat16
+    for key in ("boxes", "scores", "masks"):
+        assert torch.equal(again.predict([image])[0][key], low.predict([image])[0][key]), key
+
+
+def test_cli_eval_bf16(data, tmp_path, monkeypatch):
+    from sipmask.checkpoint.format import save_checkpoint
+    from sipmask.model.detector import SipMask
+
+    ran = []
+    network = SipMask.network
+
+    def spy(self, batch):
+        ran.append(self.cpu_bf16)
+        return network(self, batch)
+
+    monkeypatch.setattr(SipMask, "network", spy)
+
+    categories = json.loads(data["val_ann"].read_text())["categories"]
+    torch.manual_seed(0)
+    model = sipmask.build_model("tiny", num_classes=len(categories), input__test_scale=(128, 96))
+    checkpoint = save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "model": model.state_dict(),
+                                  "classes": [{"id": c["id"], "name": c["name"]} for c in categories]},
+                                 tmp_path / "tiny.pth")
+    argv = ["eval", "--checkpoint", str(checkpoint), "--images", str(data["val_images"]), "--ann", str(data["val_ann"]),
+            "--device", "cpu", "--no-progress", "--bf16", "--json-out", str(tmp_path / "m.json")]
+    assert main(argv) == 0
+    assert set(json.loads((tmp_path / "m.json").read_text())) == {"bbox", "segm"}
+    assert ran and all(ran)  # every val image went through the bfloat16 network

@@ -117,7 +117,7 @@ class SipMask(nn.Module):
         bf16 (CPU): the network runs under bfloat16 autocast with its conv weights stored in bfloat16
         (cast once here, not on every call); norms, the deformable conv's sampling and the postprocess
         stay float32. On a CPU without AVX-512 BF16 or AMX it warns once and stays float32
-        (`sipmask.precision`).
+        (`sipmask.precision`). A model set up with bf16 keeps it through later calls.
 
         serial_postprocess (None: on the CPU) runs the postprocess on a worker thread whose OpenMP team is
         one thread (`sipmask.ops.one_thread`: its many small ops lose more to intra-op barriers than
@@ -127,6 +127,7 @@ class SipMask(nn.Module):
         memory format, dtype, training mode); inplace=True converts this model itself and returns it.
         """
         device = torch.device(device) if device is not None else self.device
+        bf16 = bf16 or self.cpu_bf16  # a bfloat16 model stays one (its conv weights are bfloat16)
         if half and device.type != "cuda":
             raise ValueError("half precision is a CUDA option (float16 convs are slow or missing on the CPU)")
         if bf16 and (device.type != "cpu" or half):
