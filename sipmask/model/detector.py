@@ -130,9 +130,8 @@ class SipMask(nn.Module):
         bf16 = bf16 or self.cpu_bf16  # a bfloat16 model stays one (its conv weights are bfloat16)
         if half and device.type != "cuda":
             raise ValueError("half precision is a CUDA option (float16 convs are slow or missing on the CPU)")
-        if bf16 and (device.type != "cpu" or half):
-            raise ValueError("bf16 is a CPU option (on CUDA use half precision)" if device.type != "cpu"
-                             else "choose one of half and bf16")
+        if bf16 and device.type != "cpu":
+            raise ValueError("bf16 is a CPU option (on CUDA use half precision)")
         bf16 = use_cpu_bf16(bf16, "bf16")
         model = self if inplace else copy.deepcopy(self)  # (parameters are copied without their .grad)
         model = model.to(device).eval()
