@@ -136,13 +136,6 @@ def test_bench_no_progress_drops_the_run_lines(monkeypatch, capsys):
     assert seen["progress"] is None and "run 1/1" not in capsys.readouterr().err
 
 
-def test_amp_without_a_gpu_names_the_device(tmp_path, capsys):
-    argv = ["train", "--config", "tiny", "--train-images", str(tmp_path), "--train-ann", str(tmp_path / "a.json"),
-            "--out", str(tmp_path / "run"), "--device", "cpu", "--amp"]
-    assert main(argv) == 2
-    assert capsys.readouterr().err.strip() == "error: --amp needs a CUDA device (--device cpu runs on cpu)"
-
-
 # ---- demo --out ------------------------------------------------------------------------------------------------
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):

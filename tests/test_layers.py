@@ -13,10 +13,10 @@ import sipmask
 PACKAGE = Path(sipmask.__file__).parent
 
 #: Rank of each top-level part of the package: a module may import only parts of its own rank or
-#: lower. errors / config / ops / distributed are the base; data; the model (network, targets,
+#: lower. errors / config / ops / distributed / precision are the base; data; the model (network, targets,
 #: losses, postprocess); checkpoints; then export < inference < evaluation < train; the CLI on top.
 LAYERS: dict[str, int] = {
-    "errors": 0, "config": 0, "ops": 0, "distributed": 0,
+    "errors": 0, "config": 0, "ops": 0, "distributed": 0, "precision": 0,
     "data": 1,
     "model": 2, "tracking": 2,
     "checkpoint": 3,

@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--onnxruntime", action="store_true",
                    help="also export the network to ONNX and time ONNX Runtime beside PyTorch in the same runs")
     p.add_argument("--no-channels-last", action="store_true", help="keep the default memory layout on the CPU")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time a bfloat16 network (CPU autocast) beside float32 in the same runs, and compare "
+                   "their detections (a CPU without AVX-512 BF16 or AMX warns and runs float32)")
     p.add_argument("--no-maskrcnn", action="store_true", help="skip the Mask R-CNN comparison")
     p.add_argument("--json-out", default=None, metavar="FILE")
     p.set_defaults(func=run)
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         config=args.config, size=args.size, image_size=_image_size(args.image_size), device=chosen_device(args),
         runs=args.runs, warmup=args.warmup, threads=args.threads, detections=args.detections,
         maskrcnn=not args.no_maskrcnn, onnxruntime=args.onnxruntime,
-        channels_last=False if args.no_channels_last else None,
+        channels_last=False if args.no_channels_last else None, bf16=args.bf16,
     )
     try:
         report = run_benchmark(opts, progress=(lambda line: print(line, file=sys.stderr)) if args.progress else None)

@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default 0: all the tracker keeps); video AP always scores every track")
     add_device_argument(p)
     p.add_argument("--score-thr", type=probability, metavar="T", help=score_thr_help())
+    p.add_argument("--bf16", action="store_true",
+                   help="run the network in bfloat16 on the CPU, as `sipmask predict --bf16` (to measure what it "
+                   "costs in AP; a CPU without AVX-512 BF16 or AMX warns and runs float32)")
     add_progress_argument(p)
     p.set_defaults(func=run)
 
@@ -92,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         with end_all_ranks_on_error(ctx):  # under torchrun: one process's error ends the job at once
             model, state = load_checkpoint(args.checkpoint, ctx.device)  # ours or an official file
+            if args.bf16:
+                try:
+                    model = model.for_inference(ctx.device, bf16=True, inplace=True)
+                except ValueError as err:  # e.g. bf16 on CUDA
+                    raise ConfigError(f"--bf16: {err}") from None
             cat_ids = [c["id"] for c in state["classes"]]
             metrics = evaluate_model(
                 model, args.images, args.ann, cat_ids, ctx, args.results_out, args.progress, args.score_thr
@@ -138,7 +146,7 @@ def run_video(args: argparse.Namespace, data: dict) -> int:
     gt = parse_ytvis(data, args.ann)
     device = chosen_device(args)
     try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=device)
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=device, bf16=args.bf16)
     except ValueError as err:
         raise SipMaskError(str(err)) from None
     tracker = args.tracker or DEFAULT_TRACKER

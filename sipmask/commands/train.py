@@ -39,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="total images per iteration over all processes (default: preset images_per_gpu x processes)")
     p.add_argument("--lr", type=float, metavar="LR", help="base learning rate (default: the preset's)")
     add_device_argument(p)
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: float16 autocast with loss scaling on CUDA, bfloat16 autocast on the CPU "
+                   "(faster with AVX-512 BF16 or AMX; elsewhere one warning and float32); the losses stay float32")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pth exactly (a --minutes run, "
                    "given the same --minutes: the rest of its budget)")
     p.add_argument("--seed", type=int, default=0, metavar="K")

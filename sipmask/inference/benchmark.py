@@ -54,6 +54,7 @@ class BenchOptions:
     maskrcnn: bool = True
     onnxruntime: bool = False  # also time the network exported to ONNX and run by ONNX Runtime, same runs
     channels_last: bool | None = None  # None: the Predictor's default (on for the CPU)
+    bf16: bool = False  # also time a bfloat16 network (CPU) beside float32, same runs
 
 
 class _Timer:
@@ -73,7 +74,8 @@ class _Timer:
 
 
 def _sipmask_predictors(opts: BenchOptions):
-    """(torch Predictor, ONNX Runtime Predictor or None) of one random-weight model with forced detections."""
+    """(torch Predictor, ONNX Runtime Predictor or None, bfloat16 Predictor or None) of one random-weight
+    model with forced detections."""
     from sipmask.config import get_preset
     from sipmask.inference.predictor import Predictor
     from sipmask.model.detector import SipMask
@@ -98,7 +100,8 @@ def _sipmask_predictors(opts: BenchOptions):
     if onnx_model is not None:
         ort = Predictor(model, device=opts.device, backend="onnxruntime", onnx_path=onnx_model,
                         channels_last=opts.channels_last)
-    return predictor, ort
+    bf16 = Predictor(model, device=opts.device, channels_last=opts.channels_last, bf16=True) if opts.bf16 else None
+    return predictor, ort, bf16
 
 
 def _test_scale(cfg, size: int) -> tuple[int, int]:
@@ -178,7 +181,7 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
     """Time everything `opts` asks for; returns a JSON-ready dict of medians, per-run figures and ratios."""
     threads = opts.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    predictor, ort = _sipmask_predictors(opts)
+    predictor, ort, bf16 = _sipmask_predictors(opts)
     device = predictor.device
     timer = _Timer(device)
     width, height = opts.image_size or (opts.size, opts.size)
@@ -193,6 +196,8 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
     whole: list[float] = []
     mr_times: list[float] = []
     ort_times: dict[str, list[float]] = {"onnxruntime_network": [], "onnxruntime_predict": []}
+    bf16_times: dict[str, list[float]] = {"bf16_network": [], "bf16_predict": []}
+    bf16_check: dict[str, Any] | None = None
     counts: dict[str, int] = {}
     ort_check: dict[str, Any] | None = None
     thr = _forced_score_thr(predictor.cfg)
@@ -222,6 +227,13 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
 
                     ort_check = compare_results(ort_result, result)
                     ort_check["within_tolerances"] = results_match(ort_check)
+            if bf16 is not None:
+                t_bf_net, _ = timer(lambda: bf16.network(batch))
+                t_bf, bf_result = timer(lambda: bf16(image, thr))
+                if bf16_check is None:
+                    from sipmask.inference.agreement import match_detections
+
+                    bf16_check = {"bf16_active": bf16.bf16, **match_detections(result, bf_result)}
             if maskrcnn is not None:
                 t_mr, mr_out = timer(lambda: maskrcnn([mr_input]))
                 counts["maskrcnn"] = len(mr_out[0]["scores"])
@@ -240,16 +252,21 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
             if ort is not None:
                 ort_times["onnxruntime_network"].append(t_ort_net)
                 ort_times["onnxruntime_predict"].append(t_ort)
+            if bf16 is not None:
+                bf16_times["bf16_network"].append(t_bf_net)
+                bf16_times["bf16_predict"].append(t_bf)
             if maskrcnn is not None:
                 mr_times.append(t_mr)
             if progress is not None:
                 line = f"run {i - opts.warmup + 1}/{opts.runs}: predict {t_whole * 1e3:.0f} ms"
                 line += f", ONNX Runtime predict {t_ort * 1e3:.0f} ms" if ort is not None else ""
+                line += f", bf16 predict {t_bf * 1e3:.0f} ms" if bf16 is not None else ""
                 progress(line + (f", Mask R-CNN {t_mr * 1e3:.0f} ms" if maskrcnn is not None else ""))
 
     median = {k: _median(v) for k, v in stages.items() if v}
     median["predict"] = _median(whole)
     median.update({k: _median(v) for k, v in ort_times.items() if v})
+    median.update({k: _median(v) for k, v in bf16_times.items() if v})
     if mr_times:
         median["maskrcnn"] = _median(mr_times)
     ratios = {
@@ -267,6 +284,12 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
 
         dim = predictor.cfg.head.track_channels
         tracker_ms = {name: tracker_update_ms(name, dim=dim) for name in TRACKERS}
+    if bf16 is not None:
+        ratios["bf16_over_float32_network"] = median["bf16_network"] / median["network"]
+        ratios["bf16_over_float32_predict"] = median["bf16_predict"] / median["predict"]
+        # each run's own back-to-back pair (robust to load that drifts between runs)
+        ratios["bf16_over_float32_predict_run_median"] = _median(
+            [b / f for b, f in zip(bf16_times["bf16_predict"], whole)])
     if ort is not None:
         ratios["onnxruntime_over_torch_network"] = median["onnxruntime_network"] / median["network"]
         ratios["onnxruntime_over_torch_predict"] = median["onnxruntime_predict"] / median["predict"]
@@ -295,8 +318,10 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
         "sipmask_boxes": _box_stats(result["boxes"], width, height),
         "median_s": median,
         "runs_s": {**stages, "predict": whole, **{k: v for k, v in ort_times.items() if v},
+                   **{k: v for k, v in bf16_times.items() if v},
                    **({"maskrcnn": mr_times} if mr_times else {})},
         "onnxruntime_vs_torch": ort_check,
+        "bf16_vs_float32": bf16_check,
         "tracker_ms_per_frame": ({"live_tracks": BENCH_LIVE_TRACKS, **tracker_ms} if tracker_ms else None),
         "ratios": ratios,
         "acceptance": acceptance,
@@ -320,6 +345,8 @@ def format_report(report: dict[str, Any]) -> str:
                      + ", ".join(f"{name} {ms:.2f} ms" for name, ms in per.items()))
     if report.get("onnxruntime_vs_torch"):
         lines.append(f"  ONNX Runtime vs PyTorch results: {report['onnxruntime_vs_torch']}")
+    if report.get("bf16_vs_float32"):
+        lines.append(f"  bfloat16 vs float32 results: {report['bf16_vs_float32']}")
     for name, value in report["acceptance"].items():
         lines.append(f"  {name:<40}{'yes' if value else 'NO'}")
     return "\n".join(lines)

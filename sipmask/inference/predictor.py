@@ -11,7 +11,7 @@ The pipeline is split in the stages `preprocess` -> `network` (backbone + FPN + 
 ONNX Runtime) -> `postprocess`, so that `sipmask bench` can time each. They are the model's own
 stages (`SipMask.preprocess`, `.network`, `.postprocess`, which `SipMask.predict` and so evaluation
 run too), on the Predictor's copy of the model set up by `SipMask.for_inference` (channels-last on
-the CPU, float16 on request on CUDA). A Predictor never changes the caller's model, nor process-wide
+the CPU, float16 on request on CUDA, bfloat16 on request on the CPU). A Predictor never changes the caller's model, nor process-wide
 settings such as torch's thread count: calls from several threads at once are safe.
 """
 from __future__ import annotations
@@ -78,6 +78,8 @@ class Predictor:
         backend: "torch", or "onnxruntime" with `onnx_path` (a file written by `sipmask export`).
         channels_last: None = on the CPU (oneDNN's faster layout for these convs), off on CUDA.
         half: float16 network on CUDA (postprocess stays float32).
+        bf16: bfloat16 network on the CPU (autocast; postprocess stays float32). Faster on CPUs with
+            AVX-512 BF16 or AMX; elsewhere it warns once and runs float32 (`self.bf16` says which ran).
         compile: torch.compile the network (CUDA; slow first call).
         threads: None (default) leaves torch's intra-op thread count as the process has it; a number
             sets it once, here, with torch.set_num_threads (process-wide, for every torch op from then
@@ -100,6 +102,7 @@ class Predictor:
         onnx_path: str | os.PathLike | None = None,
         channels_last: bool | None = None,
         half: bool = False,
+        bf16: bool = False,
         compile: bool = False,
         threads: int | None = None,
         copy_model: bool = True,
@@ -121,10 +124,13 @@ class Predictor:
             if threads < 1:
                 raise ValueError(f"threads must be at least 1, got {threads}")
             torch.set_num_threads(threads)  # once, by request (see the docstring)
+        if bf16 and backend != "torch":
+            raise ValueError(f"bf16 is an option of the torch backend, not of {backend!r}")
         self.backend = backend
         self.half = half
         self.model = model.for_inference(self.device, channels_last, half, inplace=not copy_model,
-                                         serial_postprocess=serial_postprocess)
+                                         serial_postprocess=serial_postprocess, bf16=bf16)
+        self.bf16 = self.model.cpu_bf16  # False after the float32 fallback
         self.channels_last = self.model.channels_last
         self._session = None
         if backend == "onnxruntime":

@@ -9,7 +9,7 @@ from torch import Tensor
 from sipmask.config import HeadConfig, LossConfig, check_name
 from sipmask.distributed import mean_over_processes
 from sipmask.errors import ConfigError
-from sipmask.model.head import HeadOutput, MaskRescoring
+from sipmask.model.head import REDUCED_DTYPES, HeadOutput, MaskRescoring
 from sipmask.ops.boxes import distance_to_box
 from sipmask.model.losses import (
     box_loss, centerness_loss, centerness_loss_sum, distance_box_loss_sum, sigmoid_focal_loss_sum,
@@ -109,7 +109,26 @@ class SipMaskCriterion:
         match (video models, out.track set): the reference frames' embedding maps, boxes and the
         gt_pids; adds loss_match and match_acc (a logged percentage, not a loss) computed on the
         positives kept for the mask loss (predicted canvas box area > 1), their predicted boxes
-        in input pixels and their assigned GT's pid (sipmask.model.match_loss)."""
+        in input pixels and their assigned GT's pid (sipmask.model.match_loss).
+
+        The losses are computed in float32 whatever the head ran in: under autocast (`train --amp`:
+        bfloat16 on the CPU, float16 on CUDA) the outputs are cast up and autocast is off in here, so
+        focal, IoU, mask BCE and matching losses never see a reduced-precision tensor."""
+        if match is not None and match.ref_track.dtype in REDUCED_DTYPES:
+            match = match._replace(ref_track=match.ref_track.float())
+        with torch.autocast(out.basis.device.type, enabled=False):
+            return self._losses(out.float32(), gt_boxes, gt_labels, gt_masks, rescoring, match)
+
+    def _losses(
+        self,
+        out: HeadOutput,
+        gt_boxes: list[Tensor],
+        gt_labels: list[Tensor],
+        gt_masks: list[Tensor],
+        rescoring: MaskRescoring | None,
+        match: MatchTargets | None,
+    ) -> dict[str, Tensor]:
+        """`__call__` on float32 head outputs, outside autocast."""
         cfg = self.cfg
         num_imgs = out.cls_logits[0].shape[0]
         points, targets = self.targets(out, gt_boxes, gt_labels)
@@ -207,8 +226,7 @@ class SipMaskCriterion:
                gt_index: Tensor, num_imgs: int) -> dict[str, Tensor]:
         if out.track is None:
             raise ValueError("matching targets given, but the head has no tracking branch (head.track_channels = 0)")
-        loss, acc = match_loss(out.track.float(), image_index, boxes, gt_index,
-                               match._replace(ref_track=match.ref_track.float()), num_imgs)
+        loss, acc = match_loss(out.track, image_index, boxes, gt_index, match, num_imgs)
         return {"loss_match": loss, "match_acc": acc}
 
     def _rescoring(self, rescoring: MaskRescoring, inputs: MaskLossInputs, pred_masks: Tensor) -> Tensor:

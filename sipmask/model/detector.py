@@ -18,6 +18,7 @@ from sipmask.model.preprocess import normalise_and_pad, prepare_test_image
 from sipmask.model.criterion import SipMaskCriterion
 from sipmask.model.match_loss import MatchTargets
 from sipmask.ops.one_thread import run_on_one_thread
+from sipmask.precision import use_cpu_bf16
 
 
 class SipMask(nn.Module):
@@ -34,14 +35,18 @@ class SipMask(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(cfg.input.pixel_std), persistent=False)
         #: Postprocess on the one-thread worker (set by `for_inference`; plain `predict` runs inline).
         self.serial_postprocess = False
+        #: The network (backbone, FPN, head) runs under CPU bfloat16 autocast (set by `for_inference`).
+        self.cpu_bf16 = False
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
     def batch_images(self, images: Sequence[Tensor]) -> Tensor:
-        """List of RGB 0-255 [3, H_i, W_i] -> normalised, padded [B, 3, H, W]."""
-        return normalise_and_pad(list(images), self.cfg.input, self.pixel_mean, self.pixel_std)
+        """List of RGB 0-255 [3, H_i, W_i] -> normalised, padded [B, 3, H, W], channels-last in memory
+        when the network's weights are (`channels_last`: inference and training on the CPU)."""
+        batch = normalise_and_pad(list(images), self.cfg.input, self.pixel_mean, self.pixel_std)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def features(self, batch: Tensor) -> list[Tensor]:
         """[B, 3, H, W] -> FPN levels P3..P7."""
@@ -103,10 +108,16 @@ class SipMask(nn.Module):
         half: bool = False,
         inplace: bool = False,
         serial_postprocess: bool | None = None,
+        bf16: bool = False,
     ) -> "SipMask":
         """This model set up for inference: eval mode, on `device` (default: where it is), channels-last
         weights (None: on the CPU, where oneDNN runs these convs faster; off on CUDA) and, with `half`,
         a float16 network (CUDA; the mask re-scoring stays float32, it runs in the postprocess).
+
+        bf16 (CPU): the network runs under bfloat16 autocast with its conv weights stored in bfloat16
+        (cast once here, not on every call); norms, the deformable conv's sampling and the postprocess
+        stay float32. On a CPU without AVX-512 BF16 or AMX it warns once and stays float32
+        (`sipmask.precision`). A model set up with bf16 keeps it through later calls.
 
         serial_postprocess (None: on the CPU) runs the postprocess on a worker thread whose OpenMP team is
         one thread (`sipmask.ops.one_thread`: its many small ops lose more to intra-op barriers than
@@ -116,8 +127,12 @@ class SipMask(nn.Module):
         memory format, dtype, training mode); inplace=True converts this model itself and returns it.
         """
         device = torch.device(device) if device is not None else self.device
+        bf16 = bf16 or self.cpu_bf16  # a bfloat16 model stays one (its conv weights are bfloat16)
         if half and device.type != "cuda":
             raise ValueError("half precision is a CUDA option (float16 convs are slow or missing on the CPU)")
+        if bf16 and device.type != "cpu":
+            raise ValueError("bf16 is a CPU option (on CUDA use half precision)")
+        bf16 = use_cpu_bf16(bf16, "bf16")
         model = self if inplace else copy.deepcopy(self)  # (parameters are copied without their .grad)
         model = model.to(device).eval()
         if channels_last is None:
@@ -129,6 +144,14 @@ class SipMask(nn.Module):
                 part.half()
             if model.head.rescoring is not None:
                 model.head.rescoring.float()
+        model.cpu_bf16 = bf16
+        if bf16:
+            for part in (model.backbone, model.neck, model.head):
+                for module in part.modules():
+                    if isinstance(module, nn.Conv2d):
+                        module.to(torch.bfloat16)  # (memory format kept; what autocast casts them to anyway)
+            if model.head.rescoring is not None:  # it runs in the postprocess, float32
+                model.head.rescoring.float()
         return model
 
     @property
@@ -139,8 +162,9 @@ class SipMask(nn.Module):
 
     @property
     def network_dtype(self) -> torch.dtype:
-        """float32, or float16 after `for_inference(half=True)`."""
-        return self.backbone.conv1.weight.dtype
+        """The dtype of the network's input: float32, or float16 after `for_inference(half=True)`
+        (after `for_inference(bf16=True)` float32 too: autocast casts it where it helps)."""
+        return torch.float32 if self.cpu_bf16 else self.backbone.conv1.weight.dtype
 
     def preprocess(self, arrays: Sequence[np.ndarray]) -> tuple[Tensor, list[ImageMeta]]:
         """HxWx3 uint8 RGB arrays -> (normalised padded float32 batch [B, 3, H, W], one ImageMeta per image).
@@ -148,22 +172,19 @@ class SipMask(nn.Module):
         The batch is channels-last in memory when the network's weights are (see `for_inference`).
         """
         prepared = [prepare_test_image(a, self.cfg.input, self.device) for a in arrays]
-        batch = self.batch_images([p[0] for p in prepared])
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch, [p[1] for p in prepared]
+        return self.batch_images([p[0] for p in prepared]), [p[1] for p in prepared]
 
     def network_features(self, batch: Tensor) -> list[Tensor]:
-        """Backbone + FPN in the network's dtype: float32 batch [B, 3, H, W] -> P3..P7."""
-        return self.features(batch.to(self.network_dtype))
+        """Backbone + FPN in the network's dtype (or under CPU bfloat16 autocast): float32 batch
+        [B, 3, H, W] -> P3..P7."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):
+            return self.features(batch.to(self.network_dtype))
 
     def network_head(self, feats: list[Tensor]) -> HeadOutput:
         """The SipMask head on the FPN levels -> HeadOutput in float32 (whatever the network's dtype)."""
-        out = self.head(feats)
-        if self.network_dtype == torch.float32:
-            return out
-        return HeadOutput(*([t.float() for t in group] for group in out[:4]), out.basis.float(),
-                          out.track.float() if out.track is not None else None)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):
+            out = self.head(feats)
+        return out.float32()
 
     def network(self, batch: Tensor) -> HeadOutput:
         """Backbone + FPN + head: float32 batch [B, 3, H, W] -> float32 HeadOutput."""

@@ -26,6 +26,8 @@ BASIS_LEVELS = 3
 RESCORING_CHANNELS = (1, 16, 16, 16, 32, 64, 128)
 #: Smallest input those six valid stride-2 convs accept (s -> (s - 3) // 2 + 1 six times, ending at 1).
 RESCORING_MIN_SIZE = 127
+#: Output dtypes of a half / autocast network that the losses and the postprocess cast up to float32.
+REDUCED_DTYPES = (torch.bfloat16, torch.float16)
 
 
 class HeadOutput(NamedTuple):
@@ -43,6 +45,14 @@ class HeadOutput(NamedTuple):
     coefs: list[Tensor]
     basis: Tensor
     track: Tensor | None = None
+
+    def float32(self) -> "HeadOutput":
+        """These outputs with every bfloat16 / float16 tensor cast to float32 (the others as they are)."""
+        def up(t: Tensor) -> Tensor:
+            return t.float() if t.dtype in REDUCED_DTYPES else t
+
+        return HeadOutput(*([up(t) for t in group] for group in self[:4]), up(self.basis),
+                          up(self.track) if self.track is not None else None)
 
 
 class FeatureAlign(nn.Module):

@@ -41,6 +41,10 @@ __all__ = ["DeformConv2d", "Workspace", "deform_conv2d"]
 
 #: dtypes the pure-PyTorch path handles (embedding_bag + oneDNN conv); others go to torchvision.
 _NATIVE_DTYPES = (torch.float32, torch.float64)
+#: Reduced-precision inputs (CPU bfloat16 autocast) that the pure-PyTorch path takes in float32:
+#: sample positions and bilinear weights need float32 (bfloat16 spaces 2 px apart at 256), and
+#: torchvision's CPU kernel has no bfloat16. The strided conv then runs in autocast's dtype.
+_UPCAST_DTYPES = (torch.bfloat16, torch.float16)
 #: Tap-image bytes gathered and convolved per block of output rows: bounds the temporary memory
 #: (a 100x168 map's whole tap image is 155 MiB) while keeping blocks few and convs large.
 _BLOCK_BYTES = 16 << 20
@@ -75,7 +79,7 @@ def _use_torchvision(input: Tensor) -> bool:
     """True where torchvision's own kernel must run: CUDA, other dtypes, and whenever the call is being
     compiled (torch.compile), scripted, traced or exported, so that the graph holds the one op that
     compiles and maps to ONNX `DeformConv` (and the per-shape caches below are never traced)."""
-    if input.device.type != "cpu" or input.dtype not in _NATIVE_DTYPES:
+    if input.device.type != "cpu" or input.dtype not in _NATIVE_DTYPES + _UPCAST_DTYPES:
         return True
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return True
@@ -106,13 +110,19 @@ def deform_conv2d(
         workspace: scratch memory reused across calls by the CPU inference path (a layer owns one,
             see `Workspace`); None: fresh memory each call.
     Returns:
-        [B, O, Ho, Wo], channels-last in memory when the input is (like F.conv2d).
+        [B, O, Ho, Wo], channels-last in memory when the input is (like F.conv2d). A bfloat16 / float16
+        input on the CPU is sampled in float32 (see _UPCAST_DTYPES); the result is float32, or
+        autocast's dtype when autograd records the call under autocast.
     """
     if _use_torchvision(input):
         return torchvision.ops.deform_conv2d(
             input, offset, weight, bias, stride=_pair(stride), padding=_pair(padding),
             dilation=_pair(dilation), mask=mask,
         )
+    if input.dtype in _UPCAST_DTYPES:
+        input, offset, weight = input.float(), offset.float(), weight.float()
+        bias = bias.float() if bias is not None else None
+        mask = mask.float() if mask is not None else None
     return _deform_conv2d_cpu(input, offset, weight, bias, _pair(stride), _pair(padding), _pair(dilation), mask,
                               workspace)
 

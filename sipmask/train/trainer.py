@@ -36,6 +36,7 @@ from sipmask.data.loader import TrainBatchSampler, iters_per_epoch, make_train_l
 from sipmask.data.transforms import TrainTransform
 from sipmask.errors import CheckpointError, ConfigError, SipMaskError
 from sipmask.checkpoint import load_imagenet_weights, read_checkpoint, save_checkpoint
+from sipmask.precision import use_cpu_bf16
 from sipmask.train.rng_state import capture_rng, restore_rng
 from sipmask.distributed import (
     DistContext, barrier, broadcast_object, end_all_ranks_on_error, init_distributed, mean_across, shutdown,
@@ -53,6 +54,9 @@ OFFICIAL_UNMATCHED_NORMS = ("feature_align.norm",)
 ADAMW_BETAS = (0.9, 0.999)
 #: Metric that decides best.pth.
 BEST_METRIC = ("segm", "AP")
+#: --amp's autocast dtype per device type: float16 with loss scaling on CUDA, bfloat16 on the CPU
+#: (oneDNN's fast reduced type; float32's exponent range, so no loss scaling).
+AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
 
 
 class TrainingError(SipMaskError):
@@ -75,7 +79,7 @@ class TrainOptions:
     batch_size: int | None = None  # total over all processes; default images_per_gpu x processes
     lr: float | None = None
     device: str = "auto"  # "auto" (the GPU when there is one, else the CPU), "cpu", "cuda", "cuda:N"
-    amp: bool = False
+    amp: bool = False  # autocast: float16 + loss scaling on CUDA, bfloat16 on the CPU (float32 where slow)
     resume: bool = False
     seed: int = 0
     strict: bool = False
@@ -139,6 +143,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, base_lr: float) -> torch
         return torch.optim.AdamW(decay_groups(model, cfg, base_lr), lr=base_lr, betas=ADAMW_BETAS)
     return torch.optim.SGD(param_groups(model, cfg, base_lr), lr=base_lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay)
+
+
+def _precision_name(dtype: torch.dtype | None) -> str:
+    """"float32" (no autocast), or autocast's "bfloat16" / "float16" (log.jsonl's start record)."""
+    return str(dtype or torch.float32).removeprefix("torch.")
 
 
 def _as_tuple(value: Any) -> Any:
@@ -228,6 +237,14 @@ def _check_data_format(preset: SipMaskConfig, opts: TrainOptions) -> bool:
     return video_model
 
 
+def amp_dtype(amp: bool, device: torch.device, warn: bool = True) -> torch.dtype | None:
+    """The autocast dtype of `--amp` on `device` (AMP_DTYPES), or None for float32: without --amp, and
+    on a CPU without AVX-512 BF16 or AMX, which also warns once (when `warn`: the main process)."""
+    if not amp or (device.type == "cpu" and not use_cpu_bf16(True, "--amp", warn)):
+        return None
+    return AMP_DTYPES[device.type]
+
+
 class _Logger:
     """JSON-lines log (+ TensorBoard when installed), main process only."""
 
@@ -309,8 +326,6 @@ class _Trainer:
             raise ConfigError(f"--lr must be > 0, got {opts.lr}")
         if (opts.val_images is None) != (opts.val_ann is None):
             raise ConfigError("--val-images and --val-ann go together")
-        if opts.amp and ctx.device.type != "cuda":
-            raise ConfigError(f"--amp needs a CUDA device (--device {opts.device} runs on {ctx.device})")
         _check_run_dir(self.out, opts.resume)
         preset = get_preset(opts.config)
         if opts.overrides:
@@ -350,9 +365,13 @@ class _Trainer:
             if self.ctx.is_main:
                 print(report.message())
         self.model = model.to(self.ctx.device)
+        if self.ctx.device.type == "cpu":  # oneDNN's faster layout for these convs (docs/training-cpu.md)
+            self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, self.cfg.train, self.base_lr)
-        self.use_amp = self.opts.amp and self.ctx.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = amp_dtype(self.opts.amp, self.ctx.device, self.ctx.is_main)
+        self.use_amp = self.amp_dtype is not None
+        # float16 needs loss scaling; bfloat16 has float32's exponent range and does not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
     @property
     def _bare_model(self) -> nn.Module:
@@ -469,8 +488,9 @@ class _Trainer:
         averaged over ranks."""
         images = [im.to(self.ctx.device, non_blocking=True) for im in images]
         targets = _targets_to(targets, self.ctx.device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
-            outputs = self.model(images, targets)
+        with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype or AMP_DTYPES[self.ctx.device.type],
+                            enabled=self.use_amp):
+            outputs = self.model(images, targets)  # (the losses cast up and run in float32)
         losses = {k: v for k, v in outputs.items() if k.startswith("loss")}  # (video models also log match_acc)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
@@ -539,7 +559,8 @@ class _Trainer:
         logger = _Logger(self.out, ctx.is_main)
         say = print if ctx.is_main else (lambda *_: None)
         if ctx.is_main and not opts.resume:
-            record = {"event": "start", "preset": self.cfg.name, "total_iters": total, "iters_per_epoch": self.ipe,
+            record = {"event": "start", "preset": self.cfg.name, "precision": _precision_name(self.amp_dtype),
+                      "total_iters": total, "iters_per_epoch": self.ipe,
                       "total_batch": self.total_batch, "world_size": ctx.world_size, "base_lr": self.base_lr,
                       "schedule": self.schedule.to_dict(), "num_images": len(self.dataset),
                       "classes": self.dataset.class_names, "elapsed_s": self.clock.elapsed()}
