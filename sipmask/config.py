@@ -90,6 +90,10 @@ class LossConfig:
     box_loss_in_stride_units: bool = True  # MM divides decoded boxes by the stride (VIS does not)
     mask_alignment_weighting: bool = True  # weight per-instance mask BCE by score x IoU (paper)
     rescoring_weight: float = 10.0  # SipMask++ official weight of the mask-IoU loss
+    # Weight of loss_mask (official 1). From scratch the mask branch sits at "predict the box prior"
+    # (BCE about ln 2) until coefficients and bases agree; a larger weight speeds that escape
+    # (YOLACT weighs its per-pixel mask BCE 6.125).
+    mask_weight: float = 1.0
     # "mmdet" (SipMask-mmdetection / VIS): focal / (num_pos + num_imgs), centerness-weighted box
     # loss and mean centerness BCE, all per process; mask weights w / (sum w + 1e-4) * N.
     # "benchmark" (SipMask-benchmark): focal and centerness sums / max(mean num_pos over processes, 1),

@@ -106,3 +106,21 @@ def test_basis_norm_keeps_every_basis_map_alive(norm):
         assert bool((active > 0.2).all())
     else:
         assert bool((active == 0).all())
+
+
+def test_mask_weight_scales_only_the_mask_loss():
+    from tests.test_overfit import box_of, touching_objects
+
+    image, masks = touching_objects()
+    target = {"boxes": torch.tensor([box_of(m) for m in masks], dtype=torch.float32),
+              "labels": torch.zeros(2, dtype=torch.long), "masks": torch.from_numpy(masks.astype("uint8"))}
+    x = torch.from_numpy(image).permute(2, 0, 1).float()
+    losses = {}
+    for weight in (1.0, 3.0):
+        torch.manual_seed(0)
+        model = build_model(get_preset("tiny").with_overrides(loss__mask_weight=weight, num_classes=1)).train()
+        losses[weight] = {k: float(v) for k, v in model([x], [target]).items()}
+    assert losses[1.0]["loss_mask"] > 0
+    assert losses[3.0]["loss_mask"] == pytest.approx(3.0 * losses[1.0]["loss_mask"], rel=1e-5)
+    for key in ("loss_cls", "loss_bbox", "loss_centerness"):
+        assert losses[3.0][key] == pytest.approx(losses[1.0][key], rel=1e-6)

@@ -205,6 +205,8 @@ class SipMaskCriterion:
             out.basis, mask_inputs, num_imgs, self.head_cfg.grid, cfg.mask_alignment_weighting, cfg.box_plus_one,
             cfg.criterion,
         )
+        if self.cfg.mask_weight != 1.0:
+            loss_mask = loss_mask * self.cfg.mask_weight
         losses = {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr, "loss_mask": loss_mask}
         if rescoring is not None:
             losses["loss_iou"] = self._rescoring(rescoring, mask_inputs, pred_masks)
