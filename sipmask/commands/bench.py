@@ -1,4 +1,4 @@
-"""`sipmask bench`: median latency of each inference stage, beside torchvision's Mask R-CNN, as a table and JSON."""
+"""`sipmask bench`: median latency of each inference stage, beside torchvision's Mask R-CNN and ultralytics' YOLO-seg, as a table and JSON."""
 from __future__ import annotations
 
 import argparse
@@ -14,8 +14,9 @@ MIN_SIZE = 32
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "bench", help="latency of each inference stage and of Mask R-CNN R50-FPN, 100 detections",
-        description="Random weights, forced detection count; runs of SipMask and Mask R-CNN interleaved, medians.")
+        "bench", help="latency of each inference stage, beside Mask R-CNN R50-FPN and YOLO-seg, 100 detections",
+        description="Random weights, forced detection count; runs of SipMask, Mask R-CNN and (with the optional "
+        "ultralytics) YOLO26n-seg / YOLO11n-seg interleaved, medians.")
     p.add_argument("--config", required=True, metavar="PRESET", help="preset name (see `sipmask configs`)")
     p.add_argument("--size", type=int_at_least(MIN_SIZE), default=544, help=f"input side, >= {MIN_SIZE} (default 544)")
     p.add_argument("--image-size", default=None, metavar="WxH",
@@ -33,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also time a bfloat16 network (CPU autocast) beside float32 in the same runs, and compare "
                    "their detections (a CPU without AVX-512 BF16 or AMX warns and runs float32)")
     p.add_argument("--no-maskrcnn", action="store_true", help="skip the Mask R-CNN comparison")
+    p.add_argument("--no-yolo", action="store_true",
+                   help="skip the YOLO-seg rows (timed when the optional ultralytics is installed: "
+                   "pip install -e '.[peers]')")
+    p.add_argument("--yolo-weights", action="append", default=[], metavar="PT",
+                   help="time this trained ultralytics YOLO-seg file instead of its model's random weights "
+                   "(e.g. from benchmarks/train_vs_peers.py; repeatable)")
     p.add_argument("--json-out", default=None, metavar="FILE")
     p.set_defaults(func=run)
 
@@ -60,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         runs=args.runs, warmup=args.warmup, threads=args.threads, detections=args.detections,
         maskrcnn=not args.no_maskrcnn, onnxruntime=args.onnxruntime,
         channels_last=False if args.no_channels_last else None, bf16=args.bf16,
+        yolo=not args.no_yolo, yolo_weights=tuple(args.yolo_weights),
     )
     try:
         report = run_benchmark(opts, progress=(lambda line: print(line, file=sys.stderr)) if args.progress else None)

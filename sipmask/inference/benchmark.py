@@ -6,6 +6,15 @@ threshold 0 (Fast NMS presets and Mask R-CNN; per-class NMS presets keep their t
 BENCH_ACTIVE_CLASSES likely classes instead), at most `detections` kept, and box regressions that
 give boxes of several sizes; the counts are checked. Runs of the models are interleaved (run i of every model, then run i + 1), so
 that load from other processes on a shared machine hits them alike, and medians are reported.
+
+YOLO-seg rows (`yolo=True`, when the optional ultralytics is installed; `sipmask.peers.yolo`): the
+nano models built from their yaml (random weights, nothing downloaded), or trained weights given in
+`yolo_weights`, each called as a user calls it (`predict` with `conf=0, max_det=detections` on the
+same image, input side `size`, the same threads), timed whole and by ultralytics' own split
+(inference, postprocess). Nothing is forced into them: random weights return fewer than
+`detections` boxes after ultralytics' NMS (YOLO11; YOLO26 has no NMS), so the count each returned is
+reported, and the comparison is flagged in `notes` unless every row returned `detections`. A row
+that cannot run (ultralytics missing, a yaml its version lacks) is listed in `yolo_skipped` by name.
 """
 from __future__ import annotations
 
@@ -13,8 +22,10 @@ import math
 import os
 import platform
 import statistics
+import contextlib
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -55,6 +66,8 @@ class BenchOptions:
     onnxruntime: bool = False  # also time the network exported to ONNX and run by ONNX Runtime, same runs
     channels_last: bool | None = None  # None: the Predictor's default (on for the CPU)
     bf16: bool = False  # also time a bfloat16 network (CPU) beside float32, same runs
+    yolo: bool = False  # also time the YOLO-seg rows (`sipmask bench` turns this on unless --no-yolo)
+    yolo_weights: tuple[str, ...] = ()  # trained ultralytics .pt files, each replacing its model's random weights
 
 
 class _Timer:
@@ -126,6 +139,34 @@ def _maskrcnn(opts: BenchOptions, device: torch.device, channels_last: bool, siz
     return model
 
 
+def _yolo_models(opts: BenchOptions) -> tuple[dict[str, Any], dict[str, str]]:
+    """({row name: YOLO model}, {row name: why it is skipped}) for the YOLO-seg rows."""
+    from sipmask.peers import PeerMissing
+    from sipmask.peers.yolo import YOLO_MODELS, build_yolo, load_yolo, yolo_row_name
+
+    models: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for path in opts.yolo_weights:
+        try:
+            model = load_yolo(path)
+        except PeerMissing as err:
+            raise BenchmarkError(f"--yolo-weights {path}: {err.reason}") from None
+        except (FileNotFoundError, RuntimeError) as err:
+            raise BenchmarkError(f"--yolo-weights {path}: {err}") from None
+        yaml_file = str(model.model.yaml.get("yaml_file", Path(path).stem))
+        models[yolo_row_name(yaml_file) + "_trained"] = model
+    for yaml_name in YOLO_MODELS:
+        name = yolo_row_name(yaml_name)
+        if name + "_trained" in models:
+            continue
+        torch.manual_seed(BENCH_SEED)
+        try:
+            models[name] = build_yolo(yaml_name)
+        except PeerMissing as err:
+            skipped[name] = err.reason
+    return models, skipped
+
+
 def _box_stats(boxes: torch.Tensor, width: int, height: int) -> dict[str, float]:
     """Median box width / height in pixels and mean box area as a fraction of the image: [N, 4] boxes."""
     w, h = (boxes[:, 2] - boxes[:, 0]).clamp(min=0), (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
@@ -191,6 +232,14 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
     mr_input = torch.nn.functional.interpolate(
         torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None], size=resized, mode="bilinear")[0].to(device)
     maskrcnn = _maskrcnn(opts, device, predictor.channels_last, resized) if opts.maskrcnn else None
+    yolos, yolo_skipped = _yolo_models(opts) if opts.yolo else ({}, {})
+    yolo_times: dict[str, list[float]] = {name: [] for name in yolos}
+    yolo_split: dict[str, list[dict[str, float]]] = {name: [] for name in yolos}
+    yolo_context: Any = contextlib.nullcontext()
+    if yolos:
+        from sipmask.peers.yolo import yolo_threads, yolo_timed_predict
+
+        yolo_context = yolo_threads(threads)
 
     stages: dict[str, list[float]] = {k: [] for k in ("preprocess", "backbone_fpn", "head", "network", "postprocess")}
     whole: list[float] = []
@@ -204,7 +253,7 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
     tracking = predictor.model.head.tracking  # None for an image model
     if tracking is not None:
         stages["tracking_branch"] = []
-    with torch.inference_mode():
+    with torch.inference_mode(), yolo_context:
         for i in range(opts.warmup + opts.runs):
             measured = i >= opts.warmup
             t_pre, (batch, metas) = timer(lambda: predictor.preprocess([image]))
@@ -241,6 +290,11 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
                     raise BenchmarkError(
                         f"Mask R-CNN returned {counts['maskrcnn']} detections at size {opts.size}, not the "
                         f"forced {opts.detections}: use a larger --size or fewer --detections (or --no-maskrcnn)")
+            for name, yolo in yolos.items():
+                t_yolo, counts[name], speed = yolo_timed_predict(yolo, image, opts.size, opts.detections, str(device))
+                if measured:
+                    yolo_times[name].append(t_yolo)
+                    yolo_split[name].append(speed)
             if not measured:
                 continue
             for name, value in (("preprocess", t_pre), ("backbone_fpn", t_feat), ("head", t_head),
@@ -261,7 +315,8 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
                 line = f"run {i - opts.warmup + 1}/{opts.runs}: predict {t_whole * 1e3:.0f} ms"
                 line += f", ONNX Runtime predict {t_ort * 1e3:.0f} ms" if ort is not None else ""
                 line += f", bf16 predict {t_bf * 1e3:.0f} ms" if bf16 is not None else ""
-                progress(line + (f", Mask R-CNN {t_mr * 1e3:.0f} ms" if maskrcnn is not None else ""))
+                line += f", Mask R-CNN {t_mr * 1e3:.0f} ms" if maskrcnn is not None else ""
+                progress(line + "".join(f", {name} {v[-1] * 1e3:.0f} ms" for name, v in yolo_times.items()))
 
     median = {k: _median(v) for k, v in stages.items() if v}
     median["predict"] = _median(whole)
@@ -269,6 +324,10 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
     median.update({k: _median(v) for k, v in bf16_times.items() if v})
     if mr_times:
         median["maskrcnn"] = _median(mr_times)
+    for name, values in yolo_times.items():  # whole call, then its own split (ms -> s)
+        median[name] = _median(values)
+        for part in ("inference", "postprocess"):
+            median[f"{name}_{part}"] = _median([split[part] / 1e3 for split in yolo_split[name]])
     ratios = {
         "postprocess_over_network": median["postprocess"] / median["network"],
         # the same from each run's own back-to-back figures (robust to load that drifts between runs)
@@ -301,6 +360,22 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
         ratios["predict_over_maskrcnn_run_median"] = _median([p / m for p, m in zip(whole, mr_times)])
         ratios["network_over_maskrcnn"] = median["network"] / median["maskrcnn"]
         acceptance["predict_le_0.45_maskrcnn"] = ratios["predict_over_maskrcnn"] <= 0.45
+    notes = []
+    if yolo_times:
+        for name, values in yolo_times.items():
+            ratios[f"predict_over_{name}"] = median["predict"] / median[name]
+            ratios[f"predict_over_{name}_run_median"] = _median([p / y for p, y in zip(whole, values)])
+            ratios[f"network_over_{name}_inference"] = median["network"] / median[f"{name}_inference"]
+        short = {name: counts[name] for name in yolo_times if counts[name] != opts.detections}
+        if short:
+            notes.append(f"YOLO rows returned fewer than {opts.detections} detections ({short}) at conf=0: "
+                         "NMS kept only these of the boxes of these (random or barely trained) weights, so "
+                         "their postprocess did less work than at the forced count (time weights of a "
+                         "real training run with --yolo-weights); no YOLO acceptance ratio")
+        else:
+            fastest = min(median[name] for name in yolo_times)
+            ratios["predict_over_fastest_yolo"] = median["predict"] / fastest
+            acceptance["predict_le_0.8_fastest_yolo"] = ratios["predict_over_fastest_yolo"] <= 0.8
     return {
         "options": {**asdict(opts), "threads": threads},
         "environment": {
@@ -319,7 +394,9 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
         "median_s": median,
         "runs_s": {**stages, "predict": whole, **{k: v for k, v in ort_times.items() if v},
                    **{k: v for k, v in bf16_times.items() if v},
-                   **({"maskrcnn": mr_times} if mr_times else {})},
+                   **({"maskrcnn": mr_times} if mr_times else {}), **yolo_times},
+        "yolo_skipped": yolo_skipped,
+        "notes": notes,
         "onnxruntime_vs_torch": ort_check,
         "bf16_vs_float32": bf16_check,
         "tracker_ms_per_frame": ({"live_tracks": BENCH_LIVE_TRACKS, **tracker_ms} if tracker_ms else None),
@@ -334,8 +411,9 @@ def format_report(report: dict[str, Any]) -> str:
              f"{report['environment']['input_shape'][3]} on {report['environment']['device']} "
              f"({report['options']['threads']} threads, "
              f"{report['options']['detections']} detections, median of {report['options']['runs']} runs)"]
+    width = max([14, *(len(name) + 1 for name in report["median_s"])])
     for name, value in report["median_s"].items():
-        lines.append(f"  {name:<14}{value * 1e3:10.1f} ms")
+        lines.append(f"  {name:<{width}}{value * 1e3:10.1f} ms")
     for name, value in report["ratios"].items():
         lines.append(f"  {name:<40}{value:6.3f}")
     if report.get("tracker_ms_per_frame"):
@@ -349,4 +427,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  bfloat16 vs float32 results: {report['bf16_vs_float32']}")
     for name, value in report["acceptance"].items():
         lines.append(f"  {name:<40}{'yes' if value else 'NO'}")
+    lines.append("  detections: " + ", ".join(f"{name} {n}" for name, n in report["detections"].items()))
+    for name, reason in report.get("yolo_skipped", {}).items():
+        lines.append(f"  {name}: skipped ({reason})")
+    lines.extend(f"  note: {note}" for note in report.get("notes", []))
     return "\n".join(lines)
