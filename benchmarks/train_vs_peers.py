@@ -36,6 +36,7 @@ Writes OUT/report.json, OUT/report.md (the table) and OUT/map_vs_time.png (matpl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -50,7 +51,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: the package of this checkout
@@ -398,17 +399,15 @@ def measure_latency(calls: dict[str, TimedCall], image: np.ndarray, threads: int
     return report
 
 
-class _threads:
+@contextlib.contextmanager
+def _threads(threads: int) -> Iterator[None]:
     """torch threads within a block."""
-
-    def __init__(self, threads: int) -> None:
-        self.threads, self.before = threads, torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        torch.set_num_threads(self.threads)
-
-    def __exit__(self, *exc: Any) -> None:
-        torch.set_num_threads(self.before)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def latency_calls(rows: list[Row], size: int, detections: int) -> dict[str, TimedCall]:

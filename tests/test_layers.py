@@ -15,13 +15,14 @@ PACKAGE = Path(sipmask.__file__).parent
 #: Rank of each top-level part of the package: a module may import only parts of its own rank or
 #: lower. errors / config / ops / distributed / precision are the base; data; the model (network, targets,
 #: losses, postprocess); checkpoints; then export < inference < evaluation < train; the CLI on top.
+#: `peers` (other projects' models for the benchmarks) sits with inference, whose `sipmask bench` times them.
 LAYERS: dict[str, int] = {
     "errors": 0, "config": 0, "ops": 0, "distributed": 0, "precision": 0,
     "data": 1,
     "model": 2, "tracking": 2,
     "checkpoint": 3,
     "export": 4,
-    "inference": 5,
+    "inference": 5, "peers": 5,
     "evaluation": 6,
     "train": 7,
     "commands": 8, "cli": 8, "__main__": 8,

@@ -268,14 +268,16 @@ def test_report_table_json_and_plot(tmp_path):
     script = _script()
     report = _fake_report()
     paths = script.write_report(report, tmp_path)
-    assert json.loads(paths["json"].read_text()) == report
+    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+    no_plot = [] if has_matplotlib else ["matplotlib is not installed: no plot"]
+    assert json.loads(paths["json"].read_text()) == {**report, "notes": report["notes"] + no_plot}
     table = paths["markdown"].read_text()
     assert "| `tiny` | the tiny row | 10 iterations | 1.0 | 0.300 | 0.500 | 0.310 | 80.0 | 100 | 30.0 | 45.0 |" in table
     assert "| `maskrcnn_r18_gn` |" in table and "| `yolo26n-seg` |" not in table
     assert "- `yolo26n-seg`: skipped (ultralytics: not installed)" in table
     assert "- `tiny`: 0.5 min: 0.150 (0.100), 1.0 min: 0.300 (0.310)" in table
     assert "- a note" in table
-    if importlib.util.find_spec("matplotlib") is not None:
+    if has_matplotlib:
         assert paths["plot"].stat().st_size > 1000
 
 
@@ -378,3 +380,12 @@ def test_bench_times_the_yolo_rows_beside_sipmask():
     assert ("predict_le_0.8_fastest_yolo" in report["acceptance"]) == (not short)
     assert bool(report["notes"]) == bool(short)
     assert "yolo11n-seg" in format_report(report)
+
+
+def test_bench_missing_yolo_weights_is_one_line(tmp_path, capsys):
+    from sipmask.cli import main
+
+    missing = tmp_path / "nope.pt"
+    assert main(["bench", "--config", "tiny", "--size", "64", "--runs", "1", "--no-maskrcnn",
+                 "--yolo-weights", str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --yolo-weights: {missing}: no such weights file"

@@ -152,7 +152,7 @@ def _yolo_models(opts: BenchOptions) -> tuple[dict[str, Any], dict[str, str]]:
         except PeerMissing as err:
             raise BenchmarkError(f"--yolo-weights {path}: {err.reason}") from None
         except (FileNotFoundError, RuntimeError) as err:
-            raise BenchmarkError(f"--yolo-weights {path}: {err}") from None
+            raise BenchmarkError(f"--yolo-weights: {err}") from None
         yaml_file = str(model.model.yaml.get("yaml_file", Path(path).stem))
         models[yolo_row_name(yaml_file) + "_trained"] = model
     for yaml_name in YOLO_MODELS:
