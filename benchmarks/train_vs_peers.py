@@ -2,7 +2,7 @@
 scored by the same COCO scorer, timed at the same input size and detection count.
 
     .venv/bin/python benchmarks/train_vs_peers.py --out runs/peers [--minutes 18] [--threads 2]
-        [--data DIR | --train-images 600 --val-images 80 --image-size 320 --seed 0]
+        [--data DIR | --train-images 600 --val-images 80 --image-size 320 --seed 0 [--no-hard]]
         [--rows tiny,maskrcnn_r18_gn,yolo26n-seg,yolo11n-seg] [--size 320] [--tiny-args "..."]
 
 Rows, each trained from scratch (no pretrained weights anywhere) for `--minutes` of wall time, one
@@ -18,8 +18,8 @@ after the other, with `--threads` torch threads:
   here (ultralytics missing, or a yaml its version does not know) is skipped and named.
 
 Data: `--data DIR` (DIR/train, DIR/val, DIR/annotations/instances_{train,val}.json, as `sipmask synth
-coco` writes them), or a fresh `sipmask synth coco` set in OUT/data (`--hard` data when the installed
-sipmask has it).
+coco` writes them), or a fresh `sipmask synth coco --hard` set in OUT/data (`--no-hard`: the normal
+data; a sipmask without `--hard` writes the normal data and says so).
 
 Scoring: every model's val predictions become COCO results (compressed RLE masks at the original
 image size, at most 100 a image) scored by `sipmask.evaluation.score_coco` (faster-coco-eval), at the
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import os
 import platform
@@ -98,29 +97,29 @@ def data_from_dir(root: str | os.PathLike) -> Data:
     return data
 
 
-def synth_hard_options() -> dict[str, Any]:
-    """Arguments of `write_synthetic_coco` for its hard data, where this sipmask has them; else {}."""
+def synth_writer(hard: bool) -> tuple[Callable[..., dict[str, Path]], str]:
+    """(the synthetic COCO writer, its `sipmask synth coco` flags): the hard data where asked and this
+    sipmask has it (`sipmask.data.synth_coco_hard`), else the normal data."""
+    if hard:
+        try:
+            from sipmask.data.synth_coco_hard import write_hard_synthetic_coco
+
+            return write_hard_synthetic_coco, " --hard"
+        except ImportError:
+            pass
     from sipmask.data.synth_coco import write_synthetic_coco
 
-    params = inspect.signature(write_synthetic_coco).parameters
-    if "hard" in params:
-        return {"hard": True}
-    if "difficulty" in params:
-        return {"difficulty": "hard"}
-    return {}
+    return write_synthetic_coco, "" if not hard else " (no --hard in this sipmask)"
 
 
-def synth_data(out: Path, train: int, val: int, size: int, seed: int) -> Data:
-    """A fresh synthetic COCO set in `out` (hard data where available)."""
-    from sipmask.data.synth_coco import write_synthetic_coco
-
+def synth_data(out: Path, train: int, val: int, size: int, seed: int, hard: bool = True) -> Data:
+    """A fresh synthetic COCO set in `out` (`synth_writer`)."""
     if out.exists():
         shutil.rmtree(out)
-    extra = synth_hard_options()
-    paths = write_synthetic_coco(out=out, num_images=train, size=size, seed=seed, val_images=val, **extra)
-    flag = " --hard" if extra else " (no --hard in this sipmask)"
+    write, flags = synth_writer(hard)
+    paths = write(out=out, num_images=train, size=size, seed=seed, val_images=val)
     return Data(paths["train_images"], paths["train_ann"], paths["val_images"], paths["val_ann"],
-                source=f"sipmask synth coco{flag}: {train} train / {val} val images, {size} px, seed {seed}")
+                source=f"sipmask synth coco{flags}: {train} train / {val} val images, {size} px, seed {seed}")
 
 
 # ----------------------------------------------------------------------------------------- rows
@@ -563,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-images", type=int, default=600, help="generated training images (default 600)")
     parser.add_argument("--val-images", type=int, default=80, help="generated val images (default 80)")
     parser.add_argument("--image-size", type=int, default=320, help="generated image side (default 320)")
+    parser.add_argument("--no-hard", dest="hard", action="store_false",
+                        help="generate the normal synthetic data instead of `synth coco --hard`'s")
     parser.add_argument("--size", type=int, default=320, help="input side of Mask R-CNN and YOLO (default 320)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detections", type=int, default=MAX_DETECTIONS, help="detections in the latency calls")
@@ -581,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, reason in missing.items():
         _log(f"{name}: skipped ({reason})")
     data = data_from_dir(args.data) if args.data else synth_data(
-        out / "data", args.train_images, args.val_images, args.image_size, args.seed)
+        out / "data", args.train_images, args.val_images, args.image_size, args.seed, args.hard)
     _log(f"data: {data.source}")
     rows: list[Row] = []
     yolo_data = None
