@@ -180,14 +180,16 @@ class SipMaskConfig:
         """Return a copy with dotted or section-level overrides, e.g. head__grid=3 or num_classes=5.
 
         Values are checked against the field types (lists become tuples, ints become floats where a
-        float is expected); a value of the wrong type raises ConfigError naming the override.
+        float is expected); a value of the wrong type raises ConfigError naming the override. The
+        config is checked once, with every override applied (fields that must agree, such as
+        neck__num_outs and head__strides, are overridden together).
         """
-        cfg = self
+        sections: dict[str, Any] = {}
         for key, value in overrides.items():
             section, _, attr = ("head", "", "num_classes") if key == "num_classes" else key.partition("__")
             if not attr:
                 raise ConfigError(f"override {key!r}: use SECTION__FIELD, e.g. head__grid=3")
-            sub = getattr(cfg, section, None)
+            sub = sections.get(section, getattr(self, section, None))
             if sub is None or not dataclasses.is_dataclass(sub) or attr not in {
                 f.name for f in dataclasses.fields(sub)
             }:
@@ -196,11 +198,11 @@ class SipMaskConfig:
             checked = _coerce(value, hint)
             if checked is _MISMATCH:
                 raise ConfigError(f"override {key}: expected {_describe(hint, article=True)}, got {value!r}")
-            try:
-                cfg = replace(cfg, **{section: replace(sub, **{attr: checked})})
-            except ConfigError as err:
-                raise ConfigError(f"override {key}: {err}") from None
-        return cfg
+            sections[section] = replace(sub, **{attr: checked})
+        try:
+            return replace(self, **sections)
+        except ConfigError as err:
+            raise ConfigError(f"override{'s' if len(overrides) > 1 else ''} {', '.join(overrides)}: {err}") from None
 
 
 _SECTION_CLASSES = {
