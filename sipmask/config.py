@@ -25,6 +25,13 @@ VIS_TRACK_CHANNELS = 512
 TINY_TRACK_CHANNELS = 128
 
 
+def regress_ranges(levels: int) -> tuple[tuple[float, float], ...]:
+    """FCOS regress ranges of the first `levels` FPN levels (3-5), the last one open-ended: with P6 /
+    P7 dropped, the top level takes every object the dropped levels would have."""
+    ranges = FCOS_REGRESS_RANGES[:levels]
+    return ranges[:-1] + ((ranges[-1][0], FCOS_REGRESS_RANGES[-1][1]),)
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     depth: int = 50  # 18, 34, 50, 101
@@ -35,12 +42,14 @@ class BackboneConfig:
     frozen_bn_buffers: bool = False  # BM: BN statistics and affine terms are buffers, not parameters
     dcn_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)
     dcn_interval: int = 3  # SipMask++: DCN in the first block of a stage and every third block
+    base_channels: int = 64  # stem and first-stage width; stage s has base_channels * 2**s (ResNet: 64)
 
 
 @dataclass(frozen=True)
 class NeckConfig:
     out_channels: int = 256
-    num_outs: int = 5  # P3..P7
+    num_outs: int = 5  # P3..P7; 3 or 4 drop P7 / P6 (head.strides and loss.regress_ranges must match)
+    separable: bool = False  # depthwise-separable 3x3 output convs (P3-P5) and extra convs (P6, P7)
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,13 @@ class HeadConfig:
     # SipMask-VIS tracking branch: embedding channels of the stride-8 map (official 512); 0 = no
     # branch (an image model). A config with track_channels > 0 is a video model.
     track_channels: int = 0
+    # Real-time options (off in every official preset): depthwise-separable 3x3 convs (depthwise 3x3 +
+    # pointwise 1x1) in the cls / reg towers; in the predictor convs (class, box, centerness,
+    # coefficients, and the basis branch's output conv); and in the feature alignment, whose
+    # deformable conv (offsets from the predicted distances, as ever) becomes depthwise + a 1x1 conv.
+    separable_towers: bool = False
+    separable_predictors: bool = False
+    separable_align: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,12 @@ class TestConfig:
     # max_per_img cap keeps every score >= the k-th best (ties may keep more), one isotropic mask
     # upsampling factor min(h_scale, w_scale).
     postprocess_style: str = "mmdet"
+    # How masks reach the image. "exact": the official chain (stride-2 canvas, sigmoid, crop, bilinear
+    # upsampling, threshold; `sipmask.model.mask_paste`). "fast": assembled at stride 8 and taken to
+    # the image in one bilinear step of the logits inside each box (`sipmask.model.mask_coarse`):
+    # the real-time path, equal to "exact" within the README's stated tolerance (boxes, scores and
+    # labels are the same); it needs the network's stride-8 basis, else "exact" runs.
+    mask_path: str = "exact"
 
 
 @dataclass(frozen=True)
@@ -310,6 +332,7 @@ NAME_CHOICES: dict[str, tuple[str, ...]] = {
     "test.nms": ("multiclass", "fast"),
     "test.threshold_on": ("prob", "score"),
     "test.postprocess_style": ("mmdet", "benchmark"),
+    "test.mask_path": ("exact", "fast"),
     "input.channel_order": ("rgb", "bgr"),
     "input.augment": ("flip", "ssd"),
     "input.resize_style": ("mmcv", "pil"),
@@ -343,6 +366,17 @@ def _validate(cfg: SipMaskConfig) -> None:
         raise ConfigError(f"head.num_classes must be >= 1, got {cfg.head.num_classes}")
     if cfg.backbone.depth not in (18, 34, 50, 101, 152):
         raise ConfigError(f"backbone.depth must be 18, 34, 50, 101 or 152, got {cfg.backbone.depth}")
+    if cfg.backbone.base_channels < 8 or cfg.backbone.base_channels % 8:
+        raise ConfigError(f"backbone.base_channels must be a positive multiple of 8, got {cfg.backbone.base_channels}")
+    levels = cfg.neck.num_outs
+    if not 3 <= levels <= len(FPN_STRIDES):
+        raise ConfigError(f"neck.num_outs must be 3 to {len(FPN_STRIDES)} (P3..P7), got {levels}")
+    if tuple(cfg.head.strides) != FPN_STRIDES[:levels]:
+        raise ConfigError(f"head.strides must be the strides of the {levels} FPN levels, "
+                          f"{list(FPN_STRIDES[:levels])}; got {list(cfg.head.strides)}")
+    if len(cfg.loss.regress_ranges) != levels:
+        raise ConfigError(f"loss.regress_ranges needs one range per FPN level ({levels}), "
+                          f"got {len(cfg.loss.regress_ranges)}")
 
 
 # ---------------------------------------------------------------------------------------------

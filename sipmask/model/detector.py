@@ -163,7 +163,8 @@ class SipMask(nn.Module):
         if self.network_dtype == torch.float32:
             return out
         return HeadOutput(*([t.float() for t in group] for group in out[:4]), out.basis.float(),
-                          out.track.float() if out.track is not None else None)
+                          out.track.float() if out.track is not None else None,
+                          out.basis_coarse.float() if out.basis_coarse is not None else None)
 
     def network(self, batch: Tensor) -> HeadOutput:
         """Backbone + FPN + head: float32 batch [B, 3, H, W] -> float32 HeadOutput."""
