@@ -1,26 +1,27 @@
-"""Real-time instance masks: assembled at stride 8, taken to the image in one bilinear step per box cell.
+"""Real-time instance masks: assembled at stride 8, both upsamplings applied to the logits as one linear map.
 
 The exact path (`sipmask.model.mask_paste`) follows the official chain: sub-region logits
-coefficients . basis on the stride-2 canvas, sigmoid, crop_split, a second bilinear upsampling to
-the image, threshold. The stride-2 basis is itself the x4 bilinear upsampling of the stride-8 basis
-(`BasisBranch`), and upsampling is linear, so a sub-region's canvas logits are the upsampled
-stride-8 logits coefficients . basis_8: this path assembles there (16x fewer pixels), then replaces
-the two upsamplings and the sigmoid between them by one bilinear interpolation of the logits, at
-the same image point as the official chain, thresholded at logit(mask_thr). The box crop and the
-choice of sub-region follow the canvas pixels of the official chain: each image row / column takes
-the sub-region of its heavier canvas tap inside the box, and where the second upsampling would
-blend the mask with the zeros outside the box (the box's edge rows and columns, weight E < 1),
-the threshold moves to logit(mask_thr / E) (added up for a row and a column: exact except at a
-box's corner pixels).
+coefficients . basis on the stride-2 canvas, sigmoid, crop_split (each canvas pixel takes the
+sub-region of its cell, 0 outside the box), a second bilinear upsampling to the image, threshold.
+The stride-2 basis is itself the x4 bilinear upsampling of the stride-8 basis (`BasisBranch`) and
+upsampling is linear, so a canvas pixel's logit is the upsampled stride-8 logits
+coefficients . basis_8 (assembled here: 16x fewer pixels). This path applies both bilinear
+upsamplings to the logits, as one linear map per image axis, and thresholds at logit(mask_thr):
+each image pixel blends its two canvas taps per axis (the official second upsampling), each tap
+reading the stride-8 logits of its own sub-region (the official cell arithmetic). The only
+differences from the exact path: the blend is of logits, not of probabilities (sigmoid after,
+not before, the last upsampling); and where a tap lies outside the box (the official blend with
+its zero), the inside taps are renormalised and the threshold moves to logit(mask_thr / E), E
+their weight (for a row and a column the two shifts add up: exact except at a box's corners).
 
-Each (detection, sub-region cell) is one window, the rows x columns of the image that take that
-sub-region: its mask is (A @ L) @ C^T > threshold, with L the cell's stride-8 logits and A, C the
-bilinear weights of its rows and columns. The windows of one cell, sorted by size, are batched
-into two `bmm` calls (the edge shifts ride along as two extra inner columns) and written into
-their detections' masks in one indexed copy. The work per image pixel is a small matrix-product
-row, one compare and one byte copy; the masks differ from the exact path
-only along mask edges (the tolerance is measured in tests/test_mask_coarse.py and stated in the
-README).
+Each detection is one window, the image rows x columns its mask can reach: the mask is
+(A @ L) @ C^T > threshold, with L the stride-8 logits of its k x k sub-regions as a block matrix
+(row band, column band) and A, C the weights of the window's rows / columns, each tap's weights in
+the block of its band. Windows sorted by size are batched into two `bmm` calls (the threshold
+shifts ride along as two extra inner columns) and written in one indexed copy per batch. The work
+per image pixel is one small matrix-product row, one compare and one byte copy. Measured against
+the exact path (tests/test_mask_coarse.py, docs/training-cpu.md): boxes, scores and labels are the
+same; masks differ along mask edges only (per-detection mask IoU about 0.997 in the median).
 """
 from __future__ import annotations
 
@@ -37,30 +38,41 @@ from sipmask.ops.crop_split import CELL_SIZE_PAD
 COARSE_TO_CANVAS = 4
 #: Windows batched into one pair of matrix products (sorted by size first): fewer calls against
 #: the padding waste of a batch and its memory ([group, h, w] floats).
-GROUP_SIZE = 25
+GROUP_SIZE = 8
 #: Threshold shift of image pixels that no mask may set (outside the box or the cell, or at an edge
 #: weight E <= mask_thr): far beyond any logit, finite so that sums stay free of inf - inf.
 NEVER = 1e30
 
 
 class _Axis(NamedTuple):
-    """One image axis (L pixels of the upsampled canvas) of every detection's mask (N detections,
-    k sub-region bands along the axis).
+    """One image axis (L pixels of the upsampled canvas) of every detection's mask (N detections).
 
-    hat: [L, S] bilinear weights of each image pixel on the S stride-8 pixels (shared by all
-    detections); first, last: the first and last stride-8 tap of each pixel (L ints);
-    neg_shift: [k*N, L] minus the threshold shift of each pixel in band r of detection n (row
-    r*N + n): 0 inside the box, logit(thr) - logit(thr / E) at edge pixels, -NEVER outside the band
-    or where no pixel may be set; start, end: the band's settable pixels [start, end) (k*N ints,
-    end == start: none).
+    Each image pixel blends two canvas taps (the official second upsampling), each tap the x4
+    upsampling of the stride-8 logits at its canvas pixel, so it reads four stride-8 pixels:
+    index: [L, 4] those stride-8 pixels (tap 0's two, then tap 1's; shared by all detections) of
+    the coarse_size along the axis; first, last: the smallest and largest of them (L ints); weight: [N, L, 4] their weights for
+    detection n (0 for a tap outside its box, renormalised over the inside taps); cell: [N, L, 4]
+    the sub-region band of their tap (crop_split's arithmetic). neg_shift: [N, L] minus the
+    threshold shift (0 with both taps inside the box, logit(thr) - logit(thr / E) with only one, E
+    its weight; -NEVER where no pixel may be set: E <= thr); start, end: the settable pixels
+    [start, end) of each detection (N ints, end == start: none).
     """
 
-    hat: Tensor
+    index: Tensor
+    coarse_size: int
     first: list[int]
     last: list[int]
+    weight: Tensor
+    cell: Tensor
     neg_shift: Tensor
     start: list[int]
     end: list[int]
+
+
+def _taps(coords: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Bilinear taps (i0, i1 [L] long, w1 [L]) of source coordinates already clamped to [0, size - 1]."""
+    i0 = coords.floor()
+    return i0.long(), (i0 + 1).clamp_(max=size - 1).long(), coords - i0
 
 
 def _axis(length: int, canvas_scale: float, canvas_size: int, coarse_size: int, lo: Tensor, hi: Tensor,
@@ -70,61 +82,68 @@ def _axis(length: int, canvas_scale: float, canvas_size: int, coarse_size: int, 
     pix = torch.arange(length, device=device).float()
     # the official second upsampling (align_corners=False): image pixel -> canvas coordinate and taps
     canvas = ((pix + 0.5) * canvas_scale - 0.5).clamp_(min=0.0, max=canvas_size - 1)
-    k0 = canvas.floor()
-    k1 = (k0 + 1).clamp_(max=canvas_size - 1)
-    v1 = canvas - k0
+    k0, k1, v1 = _taps(canvas, canvas_size)
+    k0, k1 = k0.float(), k1.float()
     # crop_split at the two canvas taps: inside the box, and the sub-region cell (its float32 arithmetic)
     lo, hi = lo[:, None], hi[:, None]
-    inside0 = (k0 >= lo) & (k0 < hi)  # [N, L]
-    inside1 = (k1 >= lo) & (k1 < hi)
-    weight0, weight1 = (1.0 - v1) * inside0, v1 * inside1  # [N, L]
+    weight0 = (1.0 - v1) * ((k0 >= lo) & (k0 < hi))  # [N, L]
+    weight1 = v1 * ((k1 >= lo) & (k1 < hi))
     edge = weight0 + weight1  # E: the weight of the box's inside in the canvas blend
     cell_size = (((hi - lo).double() + CELL_SIZE_PAD) / grid).float()  # [N, 1]
-    tap = torch.where(weight1 > weight0, k1, k0)  # the heavier canvas tap inside the box
-    cell = torch.trunc((tap - lo) / cell_size).long().clamp_(0, grid - 1)  # [N, L]
+    cell0 = torch.trunc((k0 - lo) / cell_size).long().clamp_(0, grid - 1)
+    cell1 = torch.trunc((k1 - lo) / cell_size).long().clamp_(0, grid - 1)
     thr = float(mask_thr)
+    settable = edge > thr
     ratio = (thr / edge.clamp(min=thr)).clamp_(max=1.0 - 1e-6)  # thr / E below 1: a finite logit
     neg_shift = math.log(thr / (1.0 - thr)) - torch.log(ratio / (1.0 - ratio))
-    neg_shift.masked_fill_(inside0 & inside1, 0.0)
-    bands = torch.arange(grid, device=device)[:, None, None]
-    in_band = (edge > thr) & (cell == bands)  # [k, N, L]
-    neg_shift = torch.where(in_band, neg_shift, -NEVER).flatten(0, 1)  # [k*N, L]
-    in_band = in_band.flatten(0, 1)
-    any_pixel = in_band.any(dim=1)
-    start = torch.where(any_pixel, in_band.int().argmax(dim=1), 0)
-    end = torch.where(any_pixel, length - in_band.flip(1).int().argmax(dim=1), start)
-    # the inner (x4) upsampling at that canvas coordinate: stride-8 coordinate, bilinear weights
-    coarse = ((canvas + 0.5) / COARSE_TO_CANVAS - 0.5).clamp_(min=0.0, max=coarse_size - 1)
-    hat = (1.0 - (coarse[:, None] - torch.arange(coarse_size, device=device).float()).abs()).clamp_(min=0.0)
-    first = coarse.floor().long()
-    last = (first + 1).clamp_(max=coarse_size - 1)
-    return _Axis(hat, first.tolist(), last.tolist(), neg_shift, start.tolist(), end.tolist())
+    neg_shift.masked_fill_((weight0 > 0) == (weight1 > 0), 0.0).masked_fill_(~settable, -NEVER)
+    scale = torch.where(settable, 1.0 / edge.clamp(min=thr), 0.0)  # renormalise over the inside taps
+    any_pixel = settable.any(dim=1)
+    start = torch.where(any_pixel, settable.int().argmax(dim=1), 0)
+    end = torch.where(any_pixel, length - settable.flip(1).int().argmax(dim=1), start)
+    # the inner (x4) upsampling at each tap's canvas pixel: two stride-8 pixels each
+    c00, c01, f0 = _taps(((k0 + 0.5) / COARSE_TO_CANVAS - 0.5).clamp_(0.0, coarse_size - 1), coarse_size)
+    c10, c11, f1 = _taps(((k1 + 0.5) / COARSE_TO_CANVAS - 0.5).clamp_(0.0, coarse_size - 1), coarse_size)
+    index = torch.stack([c00, c01, c10, c11], dim=1)  # [L, 4]
+    weight0, weight1 = weight0 * scale, weight1 * scale
+    weight = torch.stack([weight0 * (1.0 - f0), weight0 * f0, weight1 * (1.0 - f1), weight1 * f1], dim=2)
+    cell = torch.stack([cell0, cell0, cell1, cell1], dim=2)  # [N, L, 4]
+    return _Axis(index, coarse_size, c00.tolist(), c11.tolist(), weight, cell, neg_shift, start.tolist(),
+                 end.tolist())
 
 
 class _Span(NamedTuple):
-    """One axis of a batch of g windows: image origins and length, stride-8 origins and length
-    (ints), the windows' bilinear weights [g, length, coarse_length] and minus their shifts [g, length]."""
+    """One axis of a batch of g windows: image origins [g] and length, stride-8 origins (ints) and
+    length, and the windows' weights [g, length, k * S_w + 2]: each pixel's weights on the S_w
+    stride-8 pixels in the block of each tap's sub-region band, then (ones, -shift) or (-shift, ones)."""
 
-    origin: list[int]
+    origin: Tensor
     length: int
     coarse_origin: list[int]
     coarse_length: int
     weights: Tensor
-    neg_shift: Tensor
 
 
-def _span(axis: _Axis, rows: list[int], limit: int) -> _Span:
-    """Windows over bands `rows` (indices r*N + n into the axis tables) along one axis, all as long as
-    the longest; each starts at its band's first settable pixel (moved back to stay in the image)."""
-    length = min(max(axis.end[r] - axis.start[r] for r in rows), limit)
-    origin = [min(axis.start[r], limit - length) for r in rows]
-    coarse_size = axis.hat.shape[1]
-    coarse_length = min(max(axis.last[o + length - 1] - axis.first[o] for o in origin) + 1, coarse_size)
-    coarse_origin = [min(axis.first[o], coarse_size - coarse_length) for o in origin]
-    at = torch.tensor([origin, coarse_origin, rows], device=axis.hat.device)
-    weights = _windows_2d(axis.hat, length, coarse_length)[at[0], at[1]]  # [g, length, coarse_length]
-    neg_shift = _windows_2d(axis.neg_shift, 1, length)[at[2], at[0], 0]  # [g, length]
-    return _Span(origin, length, coarse_origin, coarse_length, weights, neg_shift)
+def _span(axis: _Axis, dets: list[int], limit: int, grid: int, shift_last: bool) -> _Span:
+    """Windows of detections `dets` along one axis, all as long as the longest; each starts at its first
+    settable pixel (moved back to stay in the image). shift_last: the extra columns are
+    (ones, -shift) (rows) or (-shift, ones) (columns), so that the product of a row and a column
+    adds each pixel's two shifts once."""
+    length = min(max(axis.end[d] - axis.start[d] for d in dets), limit)
+    origin = [min(axis.start[d], limit - length) for d in dets]
+    coarse_length = min(max(axis.last[o + length - 1] - axis.first[o] for o in origin) + 1, axis.coarse_size)
+    coarse_origin = [min(axis.first[o], axis.coarse_size - coarse_length) for o in origin]
+    device = axis.index.device
+    at = torch.tensor([origin, coarse_origin, dets], device=device)
+    pixels = at[0][:, None] + torch.arange(length, device=device)  # [g, L]
+    det = at[2][:, None]
+    column = axis.cell[det, pixels] * coarse_length + axis.index[pixels] - at[1][:, None, None]  # [g, L, 4]
+    weights = torch.zeros((len(dets), length, grid * coarse_length + 2), device=device)
+    weights.scatter_add_(2, column, axis.weight[det, pixels])
+    shift = -1 if shift_last else -2
+    weights[..., shift] = axis.neg_shift[det, pixels]
+    weights[..., -3 - shift] = 1.0
+    return _Span(at[0], length, coarse_origin, coarse_length, weights)
 
 
 def coarse_instance_masks(
@@ -136,7 +155,7 @@ def coarse_instance_masks(
     mask_thr: float,
     grid: int,
 ) -> Tensor:
-    """Binary masks of detections from the stride-8 basis, one box cell window at a time.
+    """Binary masks of detections from the stride-8 basis, one box window at a time.
 
     basis_coarse: [K, h, w] stride-8 basis masks of the image (the canvas is [4h, 4w]); coefs:
     [N, grid*grid*K]; boxes: [N, 4] (x1, y1, x2, y2) in canvas pixels (crop_split convention);
@@ -156,44 +175,27 @@ def coarse_instance_masks(
     boxes = boxes.float()
     rows = _axis(h_eff, scale_h, hc, h8, boxes[:, 1], boxes[:, 3], grid, mask_thr)
     cols = _axis(w_eff, scale_w, wc, w8, boxes[:, 0], boxes[:, 2], grid, mask_thr)
-    # the stride-8 logits of every (sub-region cell c = ry * k + rx, detection n) at c * N + n: [k*k*N, h8, w8]
-    cells = grid * grid
-    logits = coefs.float().reshape(n * cells, num_bases) @ basis_coarse.float().reshape(num_bases, h8 * w8)
-    logits = logits.view(n, cells, h8, w8).transpose(0, 1).reshape(cells * n, h8, w8)
+    # the stride-8 logits of every sub-region: [N, k, k, h8, w8], one matrix product for all detections
+    logits = coefs.float().reshape(n * grid * grid, num_bases) @ basis_coarse.float().reshape(num_bases, h8 * w8)
+    logits = logits.view(n, grid, grid, h8, w8)
+    sizes = [((rows.end[d] - rows.start[d]) * (cols.end[d] - cols.start[d]), d) for d in range(n)]
+    order = [d for area, d in sorted(sizes, reverse=True) if area > 0]
     threshold = math.log(mask_thr / (1.0 - mask_thr))
-    # Cells in row-major order, each cell's windows (one per detection) in batches of similar size.
-    # A window is its batch's size, so it can reach past its cell to the right and down; those
-    # pixels are written False, and the later cells there (row-major) overwrite them with their own.
-    for c in range(cells):
-        ry, rx = divmod(c, grid)
-        sizes = [(rows.end[ry * n + d] - rows.start[ry * n + d], cols.end[rx * n + d] - cols.start[rx * n + d], d)
-                 for d in range(n)]
-        sizes = sorted((s for s in sizes if s[0] > 0 and s[1] > 0), key=lambda s: s[0] * s[1], reverse=True)
-        for begin in range(0, len(sizes), GROUP_SIZE):
-            dets = [d for _, _, d in sizes[begin : begin + GROUP_SIZE]]
-            y, x = _span(rows, [ry * n + d for d in dets], h_eff), _span(cols, [rx * n + d for d in dets], w_eff)
-            at = torch.tensor([[c * n + d for d in dets], y.coarse_origin, x.coarse_origin, dets, y.origin,
-                               x.origin], device=result.device)
-            cell_logits = _windows_2d_batched(logits, y.coarse_length, x.coarse_length)[at[0], at[1], at[2]]
-            by_rows = torch.bmm(y.weights, cell_logits)  # [g, h, S_w]
-            one_y = by_rows.new_ones(()).expand(len(dets), y.length, 1)
-            one_x = by_rows.new_ones(()).expand(len(dets), x.length, 1)
-            left = torch.cat([by_rows, one_y, y.neg_shift[..., None]], dim=2)  # [g, h, S_w + 2]
-            right = torch.cat([x.weights, x.neg_shift[..., None], one_x], dim=2)  # [g, w, S_w + 2]
-            masks = torch.bmm(left, right.transpose(1, 2)) > threshold  # [g, h, w]: logit - row, column shifts
-            # windows moved back to stay in the image reach up / left, into earlier cells: those copy
-            # their own rectangle only; the others are written whole, in one indexed copy
-            moved = [j for j, d in enumerate(dets) if y.origin[j] < rows.start[ry * n + d]
-                     or x.origin[j] < cols.start[rx * n + d]]
-            if len(moved) < len(dets):
-                keep = torch.ones(len(dets), dtype=torch.bool)
-                keep[moved] = False
-                write_windows(result, at[3][keep], at[4][keep], at[5][keep], masks[keep])
-            for j in moved:
-                band_y, band_x = ry * n + dets[j], rx * n + dets[j]
-                y0, y1, x0, x1 = rows.start[band_y], rows.end[band_y], cols.start[band_x], cols.end[band_x]
-                result[dets[j], y0:y1, x0:x1] = masks[j, y0 - y.origin[j] : y1 - y.origin[j],
-                                                      x0 - x.origin[j] : x1 - x.origin[j]]
+    for begin in range(0, len(order), GROUP_SIZE):
+        dets = order[begin : begin + GROUP_SIZE]
+        y = _span(rows, dets, h_eff, grid, shift_last=True)
+        x = _span(cols, dets, w_eff, grid, shift_last=False)
+        idx = torch.tensor(dets, device=result.device)
+        # each window's stride-8 logits in (row band, row, column band, column) blocks: [g, k*S_h, k*S_w]
+        sub = _windows_5d(logits, y.coarse_length, x.coarse_length)[idx, :, :, torch.tensor(y.coarse_origin),
+                                                                    torch.tensor(x.coarse_origin)]
+        blocks = sub.permute(0, 1, 3, 2, 4).reshape(len(dets), grid * y.coarse_length, grid * x.coarse_length)
+        inner = grid * y.coarse_length
+        by_rows = torch.bmm(y.weights[..., :inner], blocks)  # [g, h, k*S_w]
+        left = torch.cat([by_rows, y.weights[..., inner:]], dim=2)  # + (ones, -row shift)
+        values = torch.bmm(left, x.weights.transpose(1, 2))  # [g, h, w]: logit - row shift - column shift
+        # a window holds only its detection's pixels, False outside the settable ones: written whole
+        write_windows(result, idx, y.origin, x.origin, values > threshold)
     return result
 
 
@@ -204,8 +206,9 @@ def _windows_2d(t: Tensor, height: int, width: int) -> Tensor:
     return t.as_strided((h - height + 1, w - width + 1, height, width), (s0, s1, s0, s1))
 
 
-def _windows_2d_batched(t: Tensor, height: int, width: int) -> Tensor:
-    """[B, H, W] -> view [B, H - height + 1, W - width + 1, height, width] of every window."""
-    b, h, w = t.shape
+def _windows_5d(t: Tensor, height: int, width: int) -> Tensor:
+    """[N, k, k, H, W] -> view [N, k, k, H - height + 1, W - width + 1, height, width] of every window."""
+    n, k1, k2, h, w = t.shape
     s = t.stride()
-    return t.as_strided((b, h - height + 1, w - width + 1, height, width), (s[0], s[1], s[2], s[1], s[2]))
+    return t.as_strided((n, k1, k2, h - height + 1, w - width + 1, height, width),
+                        (s[0], s[1], s[2], s[3], s[4], s[3], s[4]))

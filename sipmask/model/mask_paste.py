@@ -153,21 +153,6 @@ def write_windows(result: Tensor, idx: Tensor, y_origin: Tensor, x_origin: Tenso
     _window_view(result, hw, ww)[idx, y_origin, x_origin] = windows
 
 
-def or_windows(result: Tensor, idx: Tensor, y_origin: Tensor, x_origin: Tensor, windows: Tensor) -> None:
-    """result[idx[i], y_origin[i]:+h, x_origin[i]:+w] |= windows[i] for the [g, h, w] windows (bool;
-    windows of one call must not overlap, e.g. one per detection; see `write_windows`)."""
-    _, hw, ww = windows.shape
-    if not _block_writes_supported(result):
-        _, height, width = result.shape
-        start = idx * (height * width) + y_origin * width + x_origin  # [g]
-        offsets = torch.arange(hw, device=idx.device)[:, None] * width + torch.arange(ww, device=idx.device)
-        flat = (start[:, None, None] + offsets).view(-1)
-        result.view(-1)[flat] = result.view(-1)[flat] | windows.reshape(-1)
-        return
-    view = _window_view(result, hw, ww)
-    view[idx, y_origin, x_origin] = view[idx, y_origin, x_origin] | windows
-
-
 def _bilinear(canvas: Tensor, y: _AxisTaps, x: _AxisTaps) -> Tensor:
     """[g, ch, cw] canvas windows -> [g, hw, ww] at the given local taps ([g, hw] rows, [g, ww] columns).
 
