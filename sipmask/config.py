@@ -504,6 +504,34 @@ def _tiny() -> SipMaskConfig:
     )
 
 
+#: FPN levels of `tiny_rt`: P3-P5. At about 320 px P6 / P7 are 5x5 / 3x3 maps that cost a head pass
+#: each for objects P5 (stride 32, regress range open-ended) still covers.
+TINY_RT_LEVELS = 3
+#: ResNet-18 width of `tiny_rt`: stages of 48-96-192-384 channels instead of 64-512, about 0.56x the
+#: backbone's cost (docs/training-cpu.md, "Real-time tiny").
+TINY_RT_BASE_CHANNELS = 48
+#: Candidates per level before NMS in `tiny_rt`: at about 320 px P3 has 1600 points; 300 per level
+#: halve the per-class NMS time and still leave several times the 50 detections kept.
+TINY_RT_NMS_PRE = 300
+
+
+def _tiny_rt() -> SipMaskConfig:
+    """`tiny` made real-time on a CPU: a cheaper network (see docs/training-cpu.md) and the fast mask path."""
+    tiny = _tiny()
+    return replace(
+        tiny,
+        name="tiny_rt",
+        description="tiny made real-time on a CPU: ResNet-18 at 3/4 width, depthwise-separable head / neck "
+                    "convs and feature alignment, P3-P5, fast mask path",
+        backbone=replace(tiny.backbone, base_channels=TINY_RT_BASE_CHANNELS),
+        neck=replace(tiny.neck, num_outs=TINY_RT_LEVELS, separable=True),
+        head=replace(tiny.head, strides=FPN_STRIDES[:TINY_RT_LEVELS], separable_towers=True,
+                     separable_predictors=True, separable_align=True),
+        loss=replace(tiny.loss, regress_ranges=regress_ranges(TINY_RT_LEVELS)),
+        test=replace(tiny.test, nms_pre=TINY_RT_NMS_PRE, mask_path="fast"),
+    )
+
+
 PRESETS: dict[str, SipMaskConfig] = {
     cfg.name: cfg
     for cfg in (
@@ -521,6 +549,7 @@ PRESETS: dict[str, SipMaskConfig] = {
         _vis("vis_r50_1x", "official VIS R50 360x640 1x with tracking branch (YouTube-VIS 2019 mask AP 32.5)", ((640, 360),)),
         _vis("vis_r50_ms_1x", "official VIS R50 360x640 multi-scale 1x with tracking branch (33.7)", ((649, 360), (960, 480))),
         _tiny(),
+        _tiny_rt(),
         _tiny_vis(),
     )
 }
