@@ -50,9 +50,10 @@ class _Axis(NamedTuple):
     Each image pixel blends two canvas taps (the official second upsampling), each tap the x4
     upsampling of the stride-8 logits at its canvas pixel, so it reads four stride-8 pixels:
     index: [L, 4] those stride-8 pixels (tap 0's two, then tap 1's; shared by all detections) of
-    the coarse_size along the axis; first, last: the smallest and largest of them (L ints); weight: [N, L, 4] their weights for
-    detection n (0 for a tap outside its box, renormalised over the inside taps); cell: [N, L, 4]
-    the sub-region band of their tap (crop_split's arithmetic). neg_shift: [N, L] minus the
+    the coarse_size along the axis; weight: [N, L, 4] their weights for detection n (0 for a tap
+    outside its box, renormalised over the inside taps); cell: [N, L, 4] the sub-region band of
+    their tap (crop_split's arithmetic); band_first, band_last: per detection and band (N lists of
+    k ints) the first and last stride-8 pixel the band's taps may read. neg_shift: [N, L] minus the
     threshold shift (0 with both taps inside the box, logit(thr) - logit(thr / E) with only one, E
     its weight; -NEVER where no pixel may be set: E <= thr); start, end: the settable pixels
     [start, end) of each detection (N ints, end == start: none).
@@ -60,8 +61,8 @@ class _Axis(NamedTuple):
 
     index: Tensor
     coarse_size: int
-    first: list[int]
-    last: list[int]
+    band_first: list[list[int]]
+    band_last: list[list[int]]
     weight: Tensor
     cell: Tensor
     neg_shift: Tensor
@@ -108,18 +109,28 @@ def _axis(length: int, canvas_scale: float, canvas_size: int, coarse_size: int, 
     weight0, weight1 = weight0 * scale, weight1 * scale
     weight = torch.stack([weight0 * (1.0 - f0), weight0 * f0, weight1 * (1.0 - f1), weight1 * f1], dim=2)
     cell = torch.stack([cell0, cell0, cell1, cell1], dim=2)  # [N, L, 4]
-    return _Axis(index, coarse_size, c00.tolist(), c11.tolist(), weight, cell, neg_shift, start.tolist(),
-                 end.tolist())
+    # the stride-8 pixels each band reads (a window needs only those of its bands), from the band's
+    # canvas pixels widened by one on each side (a superset: cheaper than searching the taps)
+    bands = torch.arange(grid + 1, device=device).float()
+    edges = lo + bands * cell_size  # [N, k + 1] band edges on the canvas
+    canvas_first = torch.maximum(edges[:, :-1].ceil() - 1, lo.ceil()).clamp_(0, canvas_size - 1)
+    canvas_last = torch.minimum(edges[:, 1:].floor() + 1, hi.ceil() - 1).clamp_(0, canvas_size - 1)
+    to_coarse = lambda c: ((c + 0.5) / COARSE_TO_CANVAS - 0.5).clamp_(0.0, coarse_size - 1).floor()  # noqa: E731
+    band_first = to_coarse(canvas_first).long()  # [N, k]
+    band_last = (to_coarse(canvas_last) + 1).clamp_(max=coarse_size - 1).long()
+    return _Axis(index, coarse_size, band_first.tolist(), band_last.tolist(), weight, cell, neg_shift,
+                 start.tolist(), end.tolist())
 
 
 class _Span(NamedTuple):
-    """One axis of a batch of g windows: image origins [g] and length, stride-8 origins (ints) and
-    length, and the windows' weights [g, length, k * S_w + 2]: each pixel's weights on the S_w
-    stride-8 pixels in the block of each tap's sub-region band, then (ones, -shift) or (-shift, ones)."""
+    """One axis of a batch of g windows: image origins [g] and length; per window and band the
+    stride-8 origin [g, k] of the band's S_w stride-8 pixels (coarse_length); and the windows'
+    weights [g, length, k * S_w + 2]: each pixel's weights on the stride-8 pixels of its taps' bands
+    (block b: band b), then (ones, -shift) or (-shift, ones)."""
 
     origin: Tensor
     length: int
-    coarse_origin: list[int]
+    coarse_origin: Tensor
     coarse_length: int
     weights: Tensor
 
@@ -131,19 +142,25 @@ def _span(axis: _Axis, dets: list[int], limit: int, grid: int, shift_last: bool)
     adds each pixel's two shifts once."""
     length = min(max(axis.end[d] - axis.start[d] for d in dets), limit)
     origin = [min(axis.start[d], limit - length) for d in dets]
-    coarse_length = min(max(axis.last[o + length - 1] - axis.first[o] for o in origin) + 1, axis.coarse_size)
-    coarse_origin = [min(axis.first[o], axis.coarse_size - coarse_length) for o in origin]
+    size = axis.coarse_size
+    coarse_length = min(max(max(last - first + 1 for first, last in zip(axis.band_first[d], axis.band_last[d]))
+                            for d in dets), size)
+    coarse_origin = [[min(first, size - coarse_length) for first in axis.band_first[d]] for d in dets]
     device = axis.index.device
-    at = torch.tensor([origin, coarse_origin, dets], device=device)
+    at = torch.tensor([origin, dets], device=device)
+    band_origin = torch.tensor(coarse_origin, device=device)  # [g, k]
     pixels = at[0][:, None] + torch.arange(length, device=device)  # [g, L]
-    det = at[2][:, None]
-    column = axis.cell[det, pixels] * coarse_length + axis.index[pixels] - at[1][:, None, None]  # [g, L, 4]
+    det = at[1][:, None]
+    cell = axis.cell[det, pixels]  # [g, L, 4]
+    # each tap's column in its band's block (taps without weight may fall anywhere: clamped in range)
+    column = cell * coarse_length + axis.index[pixels] - band_origin.gather(1, cell.flatten(1)).view_as(cell)
+    column.clamp_(0, grid * coarse_length - 1)
     weights = torch.zeros((len(dets), length, grid * coarse_length + 2), device=device)
     weights.scatter_add_(2, column, axis.weight[det, pixels])
     shift = -1 if shift_last else -2
     weights[..., shift] = axis.neg_shift[det, pixels]
     weights[..., -3 - shift] = 1.0
-    return _Span(at[0], length, coarse_origin, coarse_length, weights)
+    return _Span(at[0], length, band_origin, coarse_length, weights)
 
 
 def coarse_instance_masks(
@@ -186,9 +203,11 @@ def coarse_instance_masks(
         y = _span(rows, dets, h_eff, grid, shift_last=True)
         x = _span(cols, dets, w_eff, grid, shift_last=False)
         idx = torch.tensor(dets, device=result.device)
+        bands = torch.arange(grid, device=result.device)
         # each window's stride-8 logits in (row band, row, column band, column) blocks: [g, k*S_h, k*S_w]
-        sub = _windows_5d(logits, y.coarse_length, x.coarse_length)[idx, :, :, torch.tensor(y.coarse_origin),
-                                                                    torch.tensor(x.coarse_origin)]
+        sub = _windows_5d(logits, y.coarse_length, x.coarse_length)[
+            idx[:, None, None], bands[None, :, None], bands[None, None, :], y.coarse_origin[:, :, None],
+            x.coarse_origin[:, None, :]]  # [g, k, k, S_h, S_w]
         blocks = sub.permute(0, 1, 3, 2, 4).reshape(len(dets), grid * y.coarse_length, grid * x.coarse_length)
         inner = grid * y.coarse_length
         by_rows = torch.bmm(y.weights[..., :inner], blocks)  # [g, h, k*S_w]
