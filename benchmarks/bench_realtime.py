@@ -8,7 +8,8 @@ i + 1, so that load from other processes hits them alike; the table gives each m
 to `tiny`'s in the same runs. Then the postprocess of the `tiny_rt` preset with 100 forced
 detections (`sipmask bench`'s random-weight setup) runs interleaved with the exact and the fast mask
 path (one thread: the Predictor's serial postprocess). With --profile, the per-module time of
-`tiny` and `tiny_rt` (forward hooks, medians) is printed first. `--clock thread` measures the CPU
+`tiny` and `tiny_rt` (forward hooks, medians) and their postprocess stages (candidates, NMS,
+masks) are printed first. `--clock thread` measures the CPU
 time of the calling thread instead of wall time, with one torch thread: the cost of each call,
 which a machine loaded by other processes inflates far less than wall time (on an idle machine,
 2-thread latency is lower). Prints one JSON line at the end.
@@ -105,20 +106,37 @@ def time_postprocess(size: int, runs: int, detections: int = 100) -> dict[str, f
         "fast_over_exact": statistics.median([f / e for f, e in zip(times["fast"], times["exact"])])}
 
 
+#: Module groups of the per-module profile: report name -> module-name prefixes (hooked modules).
+PROFILE_GROUPS = {
+    "backbone stem": ("backbone.conv1", "backbone.bn1", "backbone.relu", "backbone.maxpool"),
+    "backbone layer1": ("backbone.layer1",), "backbone layer2": ("backbone.layer2",),
+    "backbone layer3": ("backbone.layer3",), "backbone layer4": ("backbone.layer4",),
+    "neck (FPN)": ("neck",),
+    "head towers": ("head.cls_tower.", "head.reg_tower."),
+    "head feature alignment": ("head.feature_align",),
+    "head predictors": ("head.cls_logits", "head.bbox_pred", "head.centerness", "head.coef_conv"),
+    "head basis branch": ("head.basis.",),
+}
+
+
 def profile_modules(name: str, size: int, runs: int) -> dict[str, float]:
-    """Median ms per top-level module (and per head part) of one network, from forward hooks."""
+    """Median ms per module group (PROFILE_GROUPS) of one network, from forward hooks; "head other"
+    is the rest of the head (level loop, distance scaling, the basis upsampling)."""
     cfg = get_preset(name)
     model, batch = _network(cfg, size)
     spent: dict[str, float] = collections.defaultdict(float)
     started: dict[str, float] = {}
     for mod_name, module in model.named_modules():
-        if mod_name.count(".") > 1 or not mod_name or mod_name.startswith("criterion"):
-            continue
-        if isinstance(module, torch.nn.ModuleList):
+        group = next((g for g, prefixes in PROFILE_GROUPS.items()
+                      if any(mod_name == p or (p.endswith(".") and mod_name.startswith(p)
+                                               and mod_name.count(".") == p.count(".")) for p in prefixes)), None)
+        if mod_name == "head":
+            group = "head"
+        if group is None or isinstance(module, torch.nn.ModuleList):
             continue
         module.register_forward_pre_hook(lambda m, a, n=mod_name: started.__setitem__(n, _clock()))
         module.register_forward_hook(
-            lambda m, a, o, n=mod_name: spent.__setitem__(n, spent[n] + _clock() - started[n]))
+            lambda m, a, o, n=mod_name, g=group: spent.__setitem__(g, spent[g] + _clock() - started[n]))
     per_run: dict[str, list[float]] = collections.defaultdict(list)
     with torch.inference_mode():
         for i in range(runs + 2):
@@ -126,10 +144,50 @@ def profile_modules(name: str, size: int, runs: int) -> dict[str, float]:
             start = _clock()
             model.network(batch)
             spent["network"] = _clock() - start
+            head_parts = sum(v for k, v in spent.items() if k.startswith("head "))
+            spent["head other"] = spent["head"] - head_parts
             if i >= 2:
                 for key, value in spent.items():
                     per_run[key].append(value)
     return {key: 1e3 * statistics.median(v) for key, v in per_run.items()}
+
+
+def profile_postprocess(name: str, size: int, runs: int, detections: int = 100) -> dict[str, float]:
+    """Median ms of the postprocess stages of one preset (random weights, `detections` forced as in
+    `sipmask bench`; on this thread): candidate selection, NMS, masks, and the whole call."""
+    import sipmask.model.postprocess as post
+    from sipmask.inference.benchmark import BenchOptions, _forced_score_thr, _sipmask_predictors
+
+    predictor, _ = _sipmask_predictors(BenchOptions(config=name, size=size, detections=detections, maskrcnn=False))
+    model = predictor.model
+    model.serial_postprocess = False  # on this thread, so that its clock sees it
+    image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    spent: dict[str, list[float]] = collections.defaultdict(list)
+    stages = {"candidates": "_candidates", "nms": "multiclass_nms", "fast_nms": "fast_nms", "masks": "_masks"}
+    originals = {attr: getattr(post, attr) for attr in stages.values()}
+
+    def timed(stage: str, fn):
+        def call(*args, **kwargs):
+            start = _clock()
+            value = fn(*args, **kwargs)
+            spent[stage].append(_clock() - start)
+            return value
+        return call
+
+    try:  # the stages are module functions of sipmask.model.postprocess: wrapped for this profile only
+        for stage, attr in stages.items():
+            setattr(post, attr, timed(stage, originals[attr]))
+        with torch.inference_mode():
+            batch, metas = predictor.preprocess([image])
+            out = predictor.network(batch)
+            for _ in range(runs + 1):
+                start = _clock()
+                predictor.postprocess(out, metas, _forced_score_thr(model.cfg))
+                spent["postprocess"].append(_clock() - start)
+    finally:
+        for attr, fn in originals.items():
+            setattr(post, attr, fn)
+    return {stage: 1e3 * statistics.median(v[1:]) for stage, v in spent.items() if len(v) > 1}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         report["profile_ms"] = {name: profile_modules(name, args.size, args.runs) for name in ("tiny", "tiny_rt")}
         for name, table in report["profile_ms"].items():
             print(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in table.items()))
+        report["postprocess_profile_ms"] = {name: profile_postprocess(name, args.size, args.runs)
+                                            for name in ("tiny", "tiny_rt")}
+        for name, table in report["postprocess_profile_ms"].items():
+            print(f"{name} postprocess: " + ", ".join(f"{k} {v:.1f}" for k, v in table.items()))
     report["networks"] = time_networks(args.size, args.runs)
     print(f"{'network':<24}{'median ms':>10}{'/ tiny':>8}{'params M':>10}")
     for name, row in report["networks"].items():

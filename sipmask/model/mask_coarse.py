@@ -195,8 +195,9 @@ def coarse_instance_masks(
     # the stride-8 logits of every sub-region: [N, k, k, h8, w8], one matrix product for all detections
     logits = coefs.float().reshape(n * grid * grid, num_bases) @ basis_coarse.float().reshape(num_bases, h8 * w8)
     logits = logits.view(n, grid, grid, h8, w8)
-    sizes = [((rows.end[d] - rows.start[d]) * (cols.end[d] - cols.start[d]), d) for d in range(n)]
-    order = [d for area, d in sorted(sizes, reverse=True) if area > 0]
+    # windows sorted by height, then width: a batch's windows are padded to its largest of each
+    sizes = [(rows.end[d] - rows.start[d], cols.end[d] - cols.start[d], d) for d in range(n)]
+    order = [d for h, w, d in sorted(sizes, reverse=True) if h > 0 and w > 0]
     threshold = math.log(mask_thr / (1.0 - mask_thr))
     for begin in range(0, len(order), GROUP_SIZE):
         dets = order[begin : begin + GROUP_SIZE]
