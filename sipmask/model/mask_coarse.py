@@ -36,9 +36,12 @@ from sipmask.ops.crop_split import CELL_SIZE_PAD
 
 #: The stride-2 canvas is the stride-8 basis upsampled by this factor (head.BASIS_UPSAMPLE).
 COARSE_TO_CANVAS = 4
-#: Windows batched into one pair of matrix products (sorted by size first): fewer calls against
-#: the padding waste of a batch and its memory ([group, h, w] floats).
-GROUP_SIZE = 8
+#: Batches of windows (sorted by size): a batch grows while its padded pixels (each window padded to
+#: the batch's tallest and widest) stay within PAD_SLACK x its windows' own pixels, or up to
+#: MIN_BATCH windows; at most MAX_BATCH. Fewer batches cost fewer calls, more padding more pixels.
+PAD_SLACK = 1.5
+MIN_BATCH = 4
+MAX_BATCH = 32
 #: Threshold shift of image pixels that no mask may set (outside the box or the cell, or at an edge
 #: weight E <= mask_thr): far beyond any logit, finite so that sums stay free of inf - inf.
 NEVER = 1e30
@@ -197,10 +200,8 @@ def coarse_instance_masks(
     logits = logits.view(n, grid, grid, h8, w8)
     # windows sorted by height, then width: a batch's windows are padded to its largest of each
     sizes = [(rows.end[d] - rows.start[d], cols.end[d] - cols.start[d], d) for d in range(n)]
-    order = [d for h, w, d in sorted(sizes, reverse=True) if h > 0 and w > 0]
     threshold = math.log(mask_thr / (1.0 - mask_thr))
-    for begin in range(0, len(order), GROUP_SIZE):
-        dets = order[begin : begin + GROUP_SIZE]
+    for dets in _batches(sorted((s for s in sizes if s[0] > 0 and s[1] > 0), reverse=True)):
         y = _span(rows, dets, h_eff, grid, shift_last=True)
         x = _span(cols, dets, w_eff, grid, shift_last=False)
         idx = torch.tensor(dets, device=result.device)
@@ -217,6 +218,23 @@ def coarse_instance_masks(
         # a window holds only its detection's pixels, False outside the settable ones: written whole
         write_windows(result, idx, y.origin, x.origin, values > threshold)
     return result
+
+
+def _batches(sizes: list[tuple[int, int, int]]) -> list[list[int]]:
+    """Detections in batches of windows: sizes (height, width, detection), sorted; see PAD_SLACK."""
+    batches: list[list[int]] = []
+    start = 0
+    while start < len(sizes):
+        end, height, width, own = start, 0, 0, 0
+        while end < len(sizes) and end - start < MAX_BATCH:
+            h, w, _ = sizes[end]
+            grown_h, grown_w, grown_own = max(height, h), max(width, w), own + h * w
+            if end - start >= MIN_BATCH and (end - start + 1) * grown_h * grown_w > PAD_SLACK * grown_own:
+                break
+            end, height, width, own = end + 1, grown_h, grown_w, grown_own
+        batches.append([d for _, _, d in sizes[start:end]])
+        start = end
+    return batches
 
 
 def _windows_2d(t: Tensor, height: int, width: int) -> Tensor:
