@@ -237,13 +237,6 @@ def _batches(sizes: list[tuple[int, int, int]]) -> list[list[int]]:
     return batches
 
 
-def _windows_2d(t: Tensor, height: int, width: int) -> Tensor:
-    """[H, W] -> view [H - height + 1, W - width + 1, height, width] of every window."""
-    h, w = t.shape
-    s0, s1 = t.stride()
-    return t.as_strided((h - height + 1, w - width + 1, height, width), (s0, s1, s0, s1))
-
-
 def _windows_5d(t: Tensor, height: int, width: int) -> Tensor:
     """[N, k, k, H, W] -> view [N, k, k, H - height + 1, W - width + 1, height, width] of every window."""
     n, k1, k2, h, w = t.shape
