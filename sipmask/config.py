@@ -27,6 +27,13 @@ GN_GROUPS = 32
 TINY_TRACK_CHANNELS = 128
 
 
+def regress_ranges(levels: int) -> tuple[tuple[float, float], ...]:
+    """FCOS regress ranges of the first `levels` FPN levels (3-5), the last one open-ended: with P6 /
+    P7 dropped, the top level takes every object the dropped levels would have."""
+    ranges = FCOS_REGRESS_RANGES[:levels]
+    return ranges[:-1] + ((ranges[-1][0], FCOS_REGRESS_RANGES[-1][1]),)
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     depth: int = 50  # 18, 34, 50, 101
@@ -40,12 +47,14 @@ class BackboneConfig:
     # "bn": BatchNorm (official); "gn": GroupNorm with GN_GROUPS groups, whose statistics do not
     # depend on the batch (from-scratch training at the small batches a CPU affords).
     norm: str = "bn"
+    base_channels: int = 64  # stem and first-stage width; stage s has base_channels * 2**s (ResNet: 64)
 
 
 @dataclass(frozen=True)
 class NeckConfig:
     out_channels: int = 256
-    num_outs: int = 5  # P3..P7
+    num_outs: int = 5  # P3..P7; 3 or 4 drop P7 / P6 (head.strides and loss.regress_ranges must match)
+    separable: bool = False  # depthwise-separable 3x3 output convs (P3-P5) and extra convs (P6, P7)
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,13 @@ class HeadConfig:
     # SipMask-VIS tracking branch: embedding channels of the stride-8 map (official 512); 0 = no
     # branch (an image model). A config with track_channels > 0 is a video model.
     track_channels: int = 0
+    # Real-time options (off in every official preset): depthwise-separable 3x3 convs (depthwise 3x3 +
+    # pointwise 1x1) in the cls / reg towers; in the predictor convs (class, box, centerness,
+    # coefficients, and the basis branch's output conv); and in the feature alignment, whose
+    # deformable conv (offsets from the predicted distances, as ever) becomes depthwise + a 1x1 conv.
+    separable_towers: bool = False
+    separable_predictors: bool = False
+    separable_align: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +139,12 @@ class TestConfig:
     # max_per_img cap keeps every score >= the k-th best (ties may keep more), one isotropic mask
     # upsampling factor min(h_scale, w_scale).
     postprocess_style: str = "mmdet"
+    # How masks reach the image. "exact": the official chain (stride-2 canvas, sigmoid, crop, bilinear
+    # upsampling, threshold; `sipmask.model.mask_paste`). "fast": assembled at stride 8 and taken to
+    # the image in one bilinear step of the logits inside each box (`sipmask.model.mask_coarse`):
+    # the real-time path, equal to "exact" within the README's stated tolerance (boxes, scores and
+    # labels are the same); it needs the network's stride-8 basis, else "exact" runs.
+    mask_path: str = "exact"
 
 
 @dataclass(frozen=True)
@@ -198,14 +220,16 @@ class SipMaskConfig:
         """Return a copy with dotted or section-level overrides, e.g. head__grid=3 or num_classes=5.
 
         Values are checked against the field types (lists become tuples, ints become floats where a
-        float is expected); a value of the wrong type raises ConfigError naming the override.
+        float is expected); a value of the wrong type raises ConfigError naming the override. The
+        config is checked once, with every override applied (fields that must agree, such as
+        neck__num_outs and head__strides, are overridden together).
         """
-        cfg = self
+        sections: dict[str, Any] = {}
         for key, value in overrides.items():
             section, _, attr = ("head", "", "num_classes") if key == "num_classes" else key.partition("__")
             if not attr:
                 raise ConfigError(f"override {key!r}: use SECTION__FIELD, e.g. head__grid=3")
-            sub = getattr(cfg, section, None)
+            sub = sections.get(section, getattr(self, section, None))
             if sub is None or not dataclasses.is_dataclass(sub) or attr not in {
                 f.name for f in dataclasses.fields(sub)
             }:
@@ -214,11 +238,11 @@ class SipMaskConfig:
             checked = _coerce(value, hint)
             if checked is _MISMATCH:
                 raise ConfigError(f"override {key}: expected {_describe(hint, article=True)}, got {value!r}")
-            try:
-                cfg = replace(cfg, **{section: replace(sub, **{attr: checked})})
-            except ConfigError as err:
-                raise ConfigError(f"override {key}: {err}") from None
-        return cfg
+            sections[section] = replace(sub, **{attr: checked})
+        try:
+            return replace(self, **sections)
+        except ConfigError as err:
+            raise ConfigError(f"override{'s' if len(overrides) > 1 else ''} {', '.join(overrides)}: {err}") from None
 
 
 _SECTION_CLASSES = {
@@ -326,6 +350,7 @@ NAME_CHOICES: dict[str, tuple[str, ...]] = {
     "test.nms": ("multiclass", "fast"),
     "test.threshold_on": ("prob", "score"),
     "test.postprocess_style": ("mmdet", "benchmark"),
+    "test.mask_path": ("exact", "fast"),
     "input.channel_order": ("rgb", "bgr"),
     "input.augment": ("flip", "ssd"),
     "input.resize_style": ("mmcv", "pil"),
@@ -363,6 +388,17 @@ def _validate(cfg: SipMaskConfig) -> None:
         raise ConfigError(f"head.num_classes must be >= 1, got {cfg.head.num_classes}")
     if cfg.backbone.depth not in (18, 34, 50, 101, 152):
         raise ConfigError(f"backbone.depth must be 18, 34, 50, 101 or 152, got {cfg.backbone.depth}")
+    if cfg.backbone.base_channels < 8 or cfg.backbone.base_channels % 8:
+        raise ConfigError(f"backbone.base_channels must be a positive multiple of 8, got {cfg.backbone.base_channels}")
+    levels = cfg.neck.num_outs
+    if not 3 <= levels <= len(FPN_STRIDES):
+        raise ConfigError(f"neck.num_outs must be 3 to {len(FPN_STRIDES)} (P3..P7), got {levels}")
+    if tuple(cfg.head.strides) != FPN_STRIDES[:levels]:
+        raise ConfigError(f"head.strides must be the strides of the {levels} FPN levels, "
+                          f"{list(FPN_STRIDES[:levels])}; got {list(cfg.head.strides)}")
+    if len(cfg.loss.regress_ranges) != levels:
+        raise ConfigError(f"loss.regress_ranges needs one range per FPN level ({levels}), "
+                          f"got {len(cfg.loss.regress_ranges)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,6 +526,34 @@ def _tiny() -> SipMaskConfig:
     )
 
 
+#: FPN levels of `tiny_rt`: P3-P5. At about 320 px P6 / P7 are 5x5 / 3x3 maps that cost a head pass
+#: each for objects P5 (stride 32, regress range open-ended) still covers.
+TINY_RT_LEVELS = 3
+#: ResNet-18 width of `tiny_rt`: stages of 48-96-192-384 channels instead of 64-512, about 0.56x the
+#: backbone's cost (docs/training-cpu.md, "Real-time tiny").
+TINY_RT_BASE_CHANNELS = 48
+#: Candidates per level before NMS in `tiny_rt`: at about 320 px P3 has 1600 points; 300 per level
+#: halve the per-class NMS time and still leave several times the 50 detections kept.
+TINY_RT_NMS_PRE = 300
+
+
+def _tiny_rt() -> SipMaskConfig:
+    """`tiny` made real-time on a CPU: a cheaper network (see docs/training-cpu.md) and the fast mask path."""
+    tiny = _tiny()
+    return replace(
+        tiny,
+        name="tiny_rt",
+        description="tiny made real-time on a CPU: ResNet-18 at 3/4 width, depthwise-separable head / neck "
+                    "convs and feature alignment, P3-P5, fast mask path",
+        backbone=replace(tiny.backbone, base_channels=TINY_RT_BASE_CHANNELS),
+        neck=replace(tiny.neck, num_outs=TINY_RT_LEVELS, separable=True),
+        head=replace(tiny.head, strides=FPN_STRIDES[:TINY_RT_LEVELS], separable_towers=True,
+                     separable_predictors=True, separable_align=True),
+        loss=replace(tiny.loss, regress_ranges=regress_ranges(TINY_RT_LEVELS)),
+        test=replace(tiny.test, nms_pre=TINY_RT_NMS_PRE, mask_path="fast"),
+    )
+
+
 PRESETS: dict[str, SipMaskConfig] = {
     cfg.name: cfg
     for cfg in (
@@ -507,6 +571,7 @@ PRESETS: dict[str, SipMaskConfig] = {
         _vis("vis_r50_1x", "official VIS R50 360x640 1x with tracking branch (YouTube-VIS 2019 mask AP 32.5)", ((640, 360),)),
         _vis("vis_r50_ms_1x", "official VIS R50 360x640 multi-scale 1x with tracking branch (33.7)", ((649, 360), (960, 480))),
         _tiny(),
+        _tiny_rt(),
         _tiny_vis(),
     )
 }

@@ -74,3 +74,23 @@ def test_onnx_of_another_model_is_refused(exported, tmp_path):
         Predictor.from_checkpoint(other, device="cpu", backend="onnxruntime", onnx_path=path)
     with pytest.raises(CheckpointError, match="not found"):
         Predictor.from_checkpoint(other, device="cpu", backend="onnxruntime", onnx_path=tmp_path / "none.onnx")
+
+
+def test_fast_mask_path_model_exports_its_stride8_basis():
+    """A model on the fast mask path (tiny_rt) exports the stride-8 basis too, so that ONNX Runtime
+    results take the same mask path as PyTorch's (and its depthwise DeformConv maps to ONNX)."""
+    import torch
+
+    from sipmask.export.onnx import OnnxNetwork, export_onnx_bytes
+    from sipmask.model.detector import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny_rt", num_classes=3).eval()
+    onnx_model = export_onnx_bytes(model, 128)
+    assert OnnxNetwork(onnx_model).session.get_outputs()[-1].name == "basis_coarse"
+    assert [o.name for o in OnnxNetwork(onnx_model).session.get_outputs()] == output_names(3, basis_coarse=True)
+    image = np.random.default_rng(5).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    torch_result = Predictor(model, device="cpu")(image, score_thr=0.0)
+    ort_result = Predictor(model, device="cpu", backend="onnxruntime", onnx_path=onnx_model)(image, score_thr=0.0)
+    report = compare_results(ort_result, torch_result)
+    assert report["count"] == model.cfg.test.max_per_img and results_match(report)

@@ -48,7 +48,7 @@ def test_official_parameter_counts(name):
 
 def test_every_preset_builds_and_is_described():
     names = [c.name for c in list_presets()]
-    assert set(OFFICIAL_PARAMS) | {"tiny", "tiny_vis"} <= set(names)
+    assert set(OFFICIAL_PARAMS) | {"tiny", "tiny_rt", "tiny_vis"} <= set(names)
     assert all(c.description for c in list_presets())
 
 

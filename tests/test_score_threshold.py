@@ -28,7 +28,7 @@ EXPECTED = {
     "mm_pp_r101_dcn_ssd_6x": "score", "mm_pp_r101_dcn_ssd_gn_10x": "score",
     "bm_r50_1x": "prob", "bm_r101_ms_3x": "prob",
     "vis_r50_1x": "score", "vis_r50_ms_1x": "score",
-    "tiny": "prob", "tiny_vis": "prob",
+    "tiny": "prob", "tiny_rt": "prob", "tiny_vis": "prob",
 }
 
 

@@ -3,7 +3,9 @@
 The ONNX graph takes the normalised, padded batch `images` [B, 3, H, W] (B, H and W dynamic; H and W
 multiples of 32, as `SipMask.batch_images` makes them) and returns the raw head outputs, level by
 level: cls_logits_l [B, C, H_l, W_l], distances_l [B, 4, H_l, W_l] (input pixels), centerness_l
-[B, 1, H_l, W_l], coefs_l [B, k*k*K, H_l, W_l], basis [B, K, H/2, W/2]. Scoring, NMS and mask
+[B, 1, H_l, W_l], coefs_l [B, k*k*K, H_l, W_l], basis [B, K, H/2, W/2], and for a model on the fast
+mask path (test.mask_path "fast") basis_coarse [B, K, H/8, W/8], the stride-8 basis that path
+assembles from. Scoring, NMS and mask
 assembly then run in PyTorch (`sipmask.model.postprocess`) on both backends, so ONNX Runtime and
 PyTorch results differ only by the network's float rounding. (Data-dependent top-k, NMS output
 counts and per-instance mask crops do not map well to a static ONNX graph.)
@@ -44,10 +46,16 @@ ORT_LOG_SEVERITY = 3
 ORT_ALLOW_SPINNING = "0"
 
 
-def output_names(num_levels: int) -> list[str]:
-    """ONNX output names in graph order: 4 groups x num_levels, then basis."""
+def output_names(num_levels: int, basis_coarse: bool = False) -> list[str]:
+    """ONNX output names in graph order: 4 groups x num_levels, then basis (and basis_coarse)."""
     groups = ("cls_logits", "distances", "centerness", "coefs")
-    return [f"{g}_{level}" for g in groups for level in range(num_levels)] + ["basis"]
+    names = [f"{g}_{level}" for g in groups for level in range(num_levels)] + ["basis"]
+    return names + ["basis_coarse"] if basis_coarse else names
+
+
+def _exports_basis_coarse(model: SipMask) -> bool:
+    """Whether the export also outputs the stride-8 basis: for models on the fast mask path."""
+    return model.cfg.test.mask_path == "fast"
 
 
 class ExportableNetwork(nn.Module):
@@ -56,10 +64,12 @@ class ExportableNetwork(nn.Module):
     def __init__(self, model: SipMask) -> None:
         super().__init__()
         self.backbone, self.neck, self.head = model.backbone, model.neck, model.head
+        self.basis_coarse = _exports_basis_coarse(model)
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         out = self.head(self.neck(self.backbone(images)))
-        return (*out.cls_logits, *out.distances, *out.centerness, *out.coefs, out.basis)
+        extra = (out.basis_coarse,) if self.basis_coarse else ()
+        return (*out.cls_logits, *out.distances, *out.centerness, *out.coefs, out.basis, *extra)
 
 
 def _export(model: SipMask, target: str | os.PathLike | io.BytesIO, size: int, metadata: dict[str, str] | None) -> None:
@@ -72,7 +82,7 @@ def _export(model: SipMask, target: str | os.PathLike | io.BytesIO, size: int, m
     example = torch.zeros((1, 3, side, side), device=device)
     units_h, units_w = Dim("h32", min=2, max=MAX_SIDE_UNITS), Dim("w32", min=2, max=MAX_SIDE_UNITS)
     dynamic = {"images": {0: Dim("batch", min=1, max=256), 2: 32 * units_h, 3: 32 * units_w}}
-    names = output_names(len(model.cfg.head.strides))
+    names = output_names(len(model.cfg.head.strides), _exports_basis_coarse(model))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # exporter chatter (deprecations, "training mode" of wrappers)
         program = torch.onnx.export(network, (example,), dynamo=True, opset_version=ONNX_OPSET,
@@ -158,8 +168,9 @@ class OnnxNetwork:
         self.name = name
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         outputs = [o.name for o in self.session.get_outputs()]
-        self.num_levels = (len(outputs) - 1) // 4
-        if outputs != output_names(self.num_levels):
+        self.basis_coarse = bool(outputs) and outputs[-1] == "basis_coarse"
+        self.num_levels = (len(outputs) - 1 - self.basis_coarse) // 4
+        if outputs != output_names(self.num_levels, self.basis_coarse):
             raise CheckpointError(f"{name}: not a SipMask network export (outputs {outputs[:3]}...)")
 
     def config_dict(self) -> dict[str, Any] | None:
@@ -171,7 +182,8 @@ class OnnxNetwork:
         images = np.ascontiguousarray(batch.detach().float().cpu().numpy())
         outs = [torch.from_numpy(o).to(self.device) for o in self.session.run(None, {INPUT_NAME: images})]
         n = self.num_levels
-        return HeadOutput(outs[0:n], outs[n : 2 * n], outs[2 * n : 3 * n], outs[3 * n : 4 * n], outs[4 * n])
+        return HeadOutput(outs[0:n], outs[n : 2 * n], outs[2 * n : 3 * n], outs[3 * n : 4 * n], outs[4 * n],
+                          None, outs[4 * n + 1] if self.basis_coarse else None)
 
 
 def compare_results(ours: dict[str, Tensor], reference: dict[str, Tensor]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ RESNET_SPECS = {
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
 }
+#: Bottleneck / basic-block widths of the four stages of a standard ResNet (base_channels = 64 scales them).
 STAGE_PLANES = (64, 128, 256, 512)
 BnFactory = Callable[[int], nn.Module]
 
@@ -96,14 +97,16 @@ class ResNet(nn.Module):
         self.cfg = cfg
         kind, blocks = RESNET_SPECS[cfg.depth]
         block = BasicBlock if kind == "basic" else Bottleneck
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        base = cfg.base_channels
+        self.conv1 = nn.Conv2d(3, base, 7, 2, 3, bias=False)
         bn: BnFactory = lambda channels: _norm(channels, cfg)  # noqa: E731
-        self.bn1 = bn(64)
+        self.bn1 = bn(base)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        inplanes = 64
+        inplanes = base
         self.out_channels: list[int] = []
-        for stage, (planes, num_blocks) in enumerate(zip(STAGE_PLANES, blocks)):
+        stage_planes = [planes * base // STAGE_PLANES[0] for planes in STAGE_PLANES]
+        for stage, (planes, num_blocks) in enumerate(zip(stage_planes, blocks)):
             stride = 1 if stage == 0 else 2
             layer = []
             for i in range(num_blocks):

@@ -10,13 +10,14 @@ from sipmask.ops.deform_conv import Workspace, deform_conv2d  # torchvision's se
 
 
 class DeformConv(nn.Module):
-    """Deformable 3x3 conv (DCN v1) with externally given offsets [B, 2*G*k*k, H, W]."""
+    """Deformable 3x3 conv (DCN v1) with externally given offsets [B, 2*G*k*k, H, W]; groups=in_channels
+    makes it depthwise (each channel convolves its own samples)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 1, bias: bool = False) -> None:
+                 padding: int = 1, bias: bool = False, groups: int = 1) -> None:
         super().__init__()
         self.stride, self.padding = stride, padding
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.workspace = Workspace()  # scratch memory of the CPU inference path, reused across calls
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))

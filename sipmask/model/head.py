@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sipmask.config import HeadConfig
-from sipmask.model.conv_block import ConvNormAct
+from sipmask.model.conv_block import DEPTHWISE_INIT_STD, ConvNormAct, conv3x3
 from sipmask.model.deformable import DeformConv
 from sipmask.model.tracking import TrackingBranch
 
@@ -36,7 +36,9 @@ class HeadOutput(NamedTuple):
     cls_logits[l]: [B, C, H_l, W_l]; distances[l]: [B, 4, H_l, W_l] (l, t, r, b) in input pixels;
     centerness[l]: [B, 1, H_l, W_l] logits; coefs[l]: [B, k*k*num_bases, H_l, W_l];
     basis: [B, num_bases, H/2, W/2] (>= 0); track: [B, E, H/8, W/8] embedding map of a video
-    model (head.track_channels = E > 0), None for an image model.
+    model (head.track_channels = E > 0), None for an image model; basis_coarse: [B, num_bases,
+    H/8, W/8], the basis before its x4 bilinear upsampling (basis = upsample(basis_coarse)), which
+    the real-time mask path assembles from (None where the network does not give it, e.g. ONNX).
     """
 
     cls_logits: list[Tensor]
@@ -45,6 +47,7 @@ class HeadOutput(NamedTuple):
     coefs: list[Tensor]
     basis: Tensor
     track: Tensor | None = None
+    basis_coarse: Tensor | None = None
 
     def float32(self) -> "HeadOutput":
         """These outputs with every bfloat16 / float16 tensor cast to float32 (the others as they are)."""
@@ -52,24 +55,32 @@ class HeadOutput(NamedTuple):
             return t.float() if t.dtype in REDUCED_DTYPES else t
 
         return HeadOutput(*([up(t) for t in group] for group in self[:4]), up(self.basis),
-                          up(self.track) if self.track is not None else None)
+                          up(self.track) if self.track is not None else None,
+                          up(self.basis_coarse) if self.basis_coarse is not None else None)
 
 
 class FeatureAlign(nn.Module):
     """Deformable 3x3 conv whose offsets come from the predicted box distances (1x1 conv, no bias).
 
     x: [B, F, H, W]; distances: [B, 4, H, W] in stride units (detached here) -> [B, F, H, W].
+    separable: the deformable conv is depthwise (each channel sampled at the same offsets, its own
+    3x3 kernel) and a 1x1 conv mixes the channels (`pointwise`).
     """
 
-    def __init__(self, channels: int, offset_groups: int, gn_groups: int | None, bias: bool) -> None:
+    def __init__(self, channels: int, offset_groups: int, gn_groups: int | None, bias: bool,
+                 separable: bool = False) -> None:
         super().__init__()
         self.offset_conv = nn.Conv2d(4, offset_groups * 2 * 9, 1, bias=False)
-        self.deform_conv = DeformConv(channels, channels, 3, padding=1, bias=bias)
+        self.deform_conv = DeformConv(channels, channels, 3, padding=1, bias=bias and not separable,
+                                      groups=channels if separable else 1)
+        self.pointwise = nn.Conv2d(channels, channels, 1, bias=bias) if separable else None
         self.norm = nn.GroupNorm(gn_groups, channels) if gn_groups else None
 
     def forward(self, x: Tensor, distances: Tensor) -> Tensor:
         offset = self.offset_conv(distances.detach())
         x = self.deform_conv(x, offset)
+        if self.pointwise is not None:
+            x = self.pointwise(x)
         if self.norm is not None:
             x = self.norm(x)
         return F.relu(x)
@@ -81,25 +92,35 @@ class BasisBranch(nn.Module):
     With `norm`, a GroupNorm before each ReLU (one group per basis at the output): every basis map
     stays about half active, so the branch cannot die (all ReLUs off, masks stuck at sigmoid(0)), as
     the official branch does for the first ~200 steps of a from-scratch CPU run.
+    `coarse` gives them at stride 8, before the final x4 bilinear upsampling (`upsample`).
     """
 
-    def __init__(self, feat_channels: int, num_bases: int, norm: bool = False, gn_groups: int = 32) -> None:
+    def __init__(self, feat_channels: int, num_bases: int, separable: bool = False, norm: bool = False,
+                 gn_groups: int = 32) -> None:
         super().__init__()
         hidden = BASIS_HIDDEN_PER_256 * feat_channels // 256
         self.lateral = nn.Conv2d(BASIS_LEVELS * feat_channels, hidden, 1)
-        self.out = nn.Conv2d(hidden, num_bases, 3, padding=1)
+        self.out = conv3x3(hidden, num_bases, separable)
         self.lateral_norm = nn.GroupNorm(gn_groups, hidden) if norm else nn.Identity()
         self.out_norm = nn.GroupNorm(num_bases, num_bases) if norm else nn.Identity()
 
-    def forward(self, reg_feats: list[Tensor]) -> Tensor:
+    def coarse(self, reg_feats: list[Tensor]) -> Tensor:
+        """P3-P5 regression features -> basis masks at stride 8 [B, num_bases, H/8, W/8] (>= 0)."""
         size = reg_feats[0].shape[-2:]
         ups = [reg_feats[0]] + [
             F.interpolate(f, scale_factor=2**i, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
             for i, f in enumerate(reg_feats[1:BASIS_LEVELS], start=1)
         ]
         x = F.relu(self.lateral_norm(self.lateral(torch.cat(ups, dim=1))))
-        x = F.relu(self.out_norm(self.out(x)))
-        return F.interpolate(x, scale_factor=BASIS_UPSAMPLE, mode="bilinear", align_corners=False)
+        return F.relu(self.out_norm(self.out(x)))
+
+    @staticmethod
+    def upsample(coarse: Tensor) -> Tensor:
+        """Stride-8 basis [B, K, h, w] -> the stride-2 basis [B, K, 4h, 4w] (bilinear, align_corners False)."""
+        return F.interpolate(coarse, scale_factor=BASIS_UPSAMPLE, mode="bilinear", align_corners=False)
+
+    def forward(self, reg_feats: list[Tensor]) -> Tensor:
+        return self.upsample(self.coarse(reg_feats))
 
 
 class MaskRescoring(nn.Module):
@@ -137,25 +158,28 @@ class SipMaskHead(nn.Module):
         feat = cfg.feat_channels
         gn = cfg.gn_groups if cfg.use_gn else None
         bias = cfg.tower_conv_bias if cfg.tower_conv_bias is not None else not cfg.use_gn
+        sep = cfg.separable_towers
         self.cls_tower = nn.ModuleList(
-            ConvNormAct(in_channels if i == 0 else feat, feat, gn, bias) for i in range(cfg.stacked_convs - 1)
+            ConvNormAct(in_channels if i == 0 else feat, feat, gn, bias, sep) for i in range(cfg.stacked_convs - 1)
         )
         self.reg_tower = nn.ModuleList(
-            ConvNormAct(in_channels if i == 0 else feat, feat, gn, bias) for i in range(cfg.stacked_convs)
+            ConvNormAct(in_channels if i == 0 else feat, feat, gn, bias, sep) for i in range(cfg.stacked_convs)
         )
         align_norm = cfg.align_norm if cfg.align_norm is not None else cfg.use_gn
         align_in = feat if cfg.stacked_convs > 1 else in_channels
         if cfg.feature_align:
             self.feature_align: nn.Module = FeatureAlign(align_in, cfg.align_offset_groups,
-                                                         cfg.gn_groups if align_norm else None, cfg.align_conv_bias)
+                                                         cfg.gn_groups if align_norm else None, cfg.align_conv_bias,
+                                                         cfg.separable_align)
         else:
             self.feature_align = ConvNormAct(align_in, feat, cfg.gn_groups if align_norm else None, bias)
-        self.cls_logits = nn.Conv2d(feat, cfg.num_classes, 3, padding=1)
-        self.bbox_pred = nn.Conv2d(feat, 4, 3, padding=1)
-        self.centerness = nn.Conv2d(feat, 1, 3, padding=1)
+        sep = cfg.separable_predictors
+        self.cls_logits = conv3x3(feat, cfg.num_classes, sep)
+        self.bbox_pred = conv3x3(feat, 4, sep)
+        self.centerness = conv3x3(feat, 1, sep)
         self.scales = nn.Parameter(torch.ones(len(cfg.strides)))
-        self.coef_conv = nn.Conv2d(feat, cfg.grid * cfg.grid * cfg.num_bases, 3, padding=1)
-        self.basis = BasisBranch(feat, cfg.num_bases, cfg.basis_norm, cfg.gn_groups)
+        self.coef_conv = conv3x3(feat, cfg.grid * cfg.grid * cfg.num_bases, sep)
+        self.basis = BasisBranch(feat, cfg.num_bases, cfg.separable_predictors, cfg.basis_norm, cfg.gn_groups)
         self.rescoring = MaskRescoring(cfg.num_classes) if cfg.mask_rescoring else None
         self.tracking = (
             TrackingBranch(in_channels, feat, cfg.stacked_convs - 1, cfg.track_channels, gn, bias)
@@ -180,7 +204,13 @@ class SipMaskHead(nn.Module):
         nn.init.zeros_(self.coef_conv.bias)
         if isinstance(self.feature_align, FeatureAlign):
             nn.init.zeros_(self.feature_align.offset_conv.weight)
-            nn.init.normal_(self.feature_align.deform_conv.weight, std=0.01)
+            if self.feature_align.pointwise is None:
+                nn.init.normal_(self.feature_align.deform_conv.weight, std=0.01)
+            else:  # as a separable conv: see conv_block.DEPTHWISE_INIT_STD
+                nn.init.normal_(self.feature_align.deform_conv.weight, std=DEPTHWISE_INIT_STD)
+                nn.init.normal_(self.feature_align.pointwise.weight, std=0.01)
+                if self.feature_align.pointwise.bias is not None:
+                    nn.init.zeros_(self.feature_align.pointwise.bias)
         else:
             nn.init.normal_(self.feature_align.conv.weight, std=0.01)
 
@@ -206,4 +236,5 @@ class SipMaskHead(nn.Module):
             if level < BASIS_LEVELS:
                 basis_feats.append(reg_feat)
         track = self.tracking(feats) if self.tracking is not None else None
-        return HeadOutput(cls_logits, distances, centerness, coefs, self.basis(basis_feats), track)
+        coarse = self.basis.coarse(basis_feats)
+        return HeadOutput(cls_logits, distances, centerness, coefs, self.basis.upsample(coarse), track, coarse)

@@ -136,19 +136,21 @@ def paste_instance_masks(
         # than its corner is exact, so the local box selects the same pixels as the global one
         shift = torch.stack((x.canvas_origin, y.canvas_origin), dim=1).repeat(1, 2).float()
         canvas = crop_split(sub, boxes[idx].float() - shift, grid)  # [g, ch, cw], local coordinates
-        _write_windows(result, idx, y, x, _bilinear(canvas, y.taps, x.taps) > mask_thr)
+        write_windows(result, idx, y.origin, x.origin, _bilinear(canvas, y.taps, x.taps) > mask_thr)
     return result
 
 
-def _write_windows(result: Tensor, idx: Tensor, y: _GroupAxis, x: _GroupAxis, windows: Tensor) -> None:
-    """result[idx[i], y.origin[i]:+hw, x.origin[i]:+ww] = windows[i] for the [g, hw, ww] windows."""
+def write_windows(result: Tensor, idx: Tensor, y_origin: Tensor, x_origin: Tensor, windows: Tensor) -> None:
+    """result[idx[i], y_origin[i]:+h, x_origin[i]:+w] = windows[i] for the [g, h, w] windows
+    (result [N, H, W]; idx, y_origin, x_origin [g]; every window inside the result)."""
+    _, hw, ww = windows.shape
     if not _block_writes_supported(result):  # index every pixel instead
         _, height, width = result.shape
-        start = idx * (height * width) + y.origin * width + x.origin  # [g]
-        offsets = torch.arange(y.length, device=idx.device)[:, None] * width + torch.arange(x.length, device=idx.device)
+        start = idx * (height * width) + y_origin * width + x_origin  # [g]
+        offsets = torch.arange(hw, device=idx.device)[:, None] * width + torch.arange(ww, device=idx.device)
         result.view(-1)[(start[:, None, None] + offsets).view(-1)] = windows.reshape(-1)
         return
-    _window_view(result, y.length, x.length)[idx, y.origin, x.origin] = windows
+    _window_view(result, hw, ww)[idx, y_origin, x_origin] = windows
 
 
 def _bilinear(canvas: Tensor, y: _AxisTaps, x: _AxisTaps) -> Tensor:

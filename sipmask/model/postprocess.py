@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from sipmask.config import TestConfig
+from sipmask.model.mask_coarse import coarse_instance_masks
 from sipmask.model.mask_paste import paste_instance_masks, upsampled_size
 from sipmask.model.assembly import assemble_sub_masks
 from sipmask.model.head import HeadOutput, MaskRescoring
@@ -86,14 +87,19 @@ def _benchmark_detections(
     return boxes[keep], scores[keep], labels[keep], coefs[keep]
 
 
-def _masks(basis: Tensor, coefs: Tensor, canvas_boxes: Tensor, meta: ImageMeta, scale: tuple[float, float],
-           mask_thr: float, grid: int) -> Tensor:
+def _masks(out: HeadOutput, img: int, coefs: Tensor, canvas_boxes: Tensor, meta: ImageMeta,
+           scale: tuple[float, float], cfg: TestConfig, grid: int) -> Tensor:
     """bool [N, H_ori, W_ori]: the official whole-canvas paste of crop_split(assemble_sub_masks(...))
     (upsample the canvas by 2 / scale_factor, threshold, paste top-left), computed in each box's
-    window only (sipmask.model.mask_paste). basis [K, Hc, Wc]; coefs [N, k*k*K];
+    window only (sipmask.model.mask_paste), or with cfg.mask_path "fast" (and a stride-8 basis in
+    `out`) its real-time approximation (sipmask.model.mask_coarse). coefs [N, k*k*K];
     canvas_boxes [N, 4]; scale: (w_scale, h_scale) from original to resized pixels."""
+    basis = out.basis[img]  # [K, Hc, Wc]
     out_size = upsampled_size(tuple(basis.shape[-2:]), (CANVAS_STRIDE / scale[1], CANVAS_STRIDE / scale[0]))
-    return paste_instance_masks(basis, coefs, canvas_boxes, out_size, meta.ori_shape, mask_thr, grid)
+    if cfg.mask_path == "fast" and out.basis_coarse is not None:
+        return coarse_instance_masks(out.basis_coarse[img], coefs, canvas_boxes, out_size, meta.ori_shape,
+                                     cfg.mask_thr, grid)
+    return paste_instance_masks(basis, coefs, canvas_boxes, out_size, meta.ori_shape, cfg.mask_thr, grid)
 
 
 def postprocess(
@@ -150,7 +156,7 @@ def postprocess(
             "boxes": det_boxes.float(),
             "scores": scores.float(),
             "labels": labels.long(),
-            "masks": _masks(out.basis[img], coefs[keep], canvas_boxes, meta, (w_scale, h_scale), cfg.mask_thr, grid),
+            "masks": _masks(out, img, coefs[keep], canvas_boxes, meta, (w_scale, h_scale), cfg, grid),
         }
         if rescoring is not None:
             sub = assemble_sub_masks(out.basis[img : img + 1], coefs[keep], None, grid)  # [N, k*k, Hc, Wc]
@@ -171,7 +177,7 @@ def _benchmark_result(
     boxes, scores, labels, coefs = _benchmark_detections(out, img, points, cfg, thr, meta.img_shape)
     (h_res, w_res), (h_ori, w_ori) = meta.img_shape, meta.ori_shape
     factor = min(h_res / h_ori, w_res / w_ori)
-    masks = _masks(out.basis[img], coefs, boxes / CANVAS_STRIDE, meta, (factor, factor), cfg.mask_thr, grid)
+    masks = _masks(out, img, coefs, boxes / CANVAS_STRIDE, meta, (factor, factor), cfg, grid)
     ratio = boxes.new_tensor([w_ori / w_res, h_ori / h_res, w_ori / w_res, h_ori / h_res])
     result = {"boxes": (boxes * ratio).float(), "scores": scores.float(), "labels": labels.long(), "masks": masks}
     if out.track is not None:  # boxes are still in resized-input pixels here
