@@ -15,6 +15,13 @@ DEMO_IMAGE_SIZE = 320
 #: Training budget in minutes (`sipmask train --minutes`): the data, the evaluation of 24 images and
 #: the drawings take well under a minute on 2 cores, so the demo ends within ten.
 DEMO_MINUTES = 8.5
+#: Mixed precision: bfloat16 on a CPU with AVX-512 BF16 / AMX (a step 0.59x as long at 2 threads,
+#: docs/training-cpu.md), float32 with one warning on other CPUs, float16 on a GPU.
+DEMO_AMP = True
+#: Input size of the demo's model: its shapes are 16-40% of the 320-px side, so about 256 px keeps
+#: them >= 40 px while a step costs about 0.76x (8.5 minutes: 781 steps, mask AP 0.434, against 598
+#: steps and 0.324 at tiny's 320 px; docs/training-cpu.md, rows 9 and 10).
+DEMO_INPUT = {"input__train_scales": ((427, 224), (427, 288)), "input__test_scale": (427, 256)}
 DEMO_DRAWN = 8
 #: Drawings show confident detections only (evaluation still uses every detection, as COCO AP wants).
 DEMO_DRAW_SCORE_THR = 0.3
@@ -114,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         out=str(out / "run"),
         iters=args.iters,
         minutes=None if args.iters is not None else args.minutes,
+        amp=DEMO_AMP,
+        overrides=dict(DEMO_INPUT),
         seed=args.seed,
         device=device,
         workers=args.workers,
