@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from scipy.ndimage import binary_dilation
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -13,13 +14,8 @@ from sipmask.data.synth_coco import CATEGORIES, MAX_SHAPES, MIN_SHAPES, write_sy
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
-    """[H,W] bool -> grown by one pixel (4-neighbourhood)."""
-    out = mask.copy()
-    out[1:] |= mask[:-1]
-    out[:-1] |= mask[1:]
-    out[:, 1:] |= mask[:, :-1]
-    out[:, :-1] |= mask[:, 1:]
-    return out
+    """[H,W] bool -> grown by one pixel (4-neighbourhood: scipy's default cross)."""
+    return binary_dilation(mask)
 
 
 @pytest.fixture(scope="module")

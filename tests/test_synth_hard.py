@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from scipy.ndimage import binary_dilation
 import pytest
 import torch
 from PIL import Image
@@ -29,13 +30,8 @@ TRAIN, VAL = 30, 4
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
-    """[H,W] bool -> grown by one pixel (4-neighbourhood)."""
-    out = mask.copy()
-    out[1:] |= mask[:-1]
-    out[:-1] |= mask[1:]
-    out[:, 1:] |= mask[:, :-1]
-    out[:, :-1] |= mask[:, 1:]
-    return out
+    """[H,W] bool -> grown by one pixel (4-neighbourhood: scipy's default cross)."""
+    return binary_dilation(mask)
 
 
 @pytest.fixture(scope="module")
