@@ -39,7 +39,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -60,6 +59,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from sipmask.peers import PeerMissing  # noqa: E402
+from sipmask.precision import cpu_model_name  # noqa: E402
 from sipmask.peers.yolo import MAX_DETECTIONS, YOLO_MODELS, yolo_row_name  # noqa: E402
 
 TINY, MASKRCNN = "tiny", "maskrcnn_r18_gn"
@@ -505,16 +505,6 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
     return paths
 
 
-def _cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _versions() -> dict[str, str]:
     import torchvision
 
@@ -634,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "data": data.source,
-        "machine": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), **_versions()},
+        "machine": {"cpu": cpu_model_name(), "cpu_count": os.cpu_count(), **_versions()},
         "rows": [asdict(r) for r in rows],
         "notes": notes,
     }

@@ -25,24 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from sipmask.precision import cpu_model_name
+
 TRACKERS = ("sipmask", "iou", "official")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _run(args: list[str], log: Path) -> float:
@@ -99,7 +90,7 @@ def main() -> None:
     paths = write_synthetic_ytvis(data, num_videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
                                   val_videos=max(1, args.videos // 5))
     data_s = time.perf_counter() - start
-    report: dict = {"machine": _cpu_model(), "command": shlex.join(sys.argv), "data_s": data_s,
+    report: dict = {"machine": cpu_model_name(), "command": shlex.join(sys.argv), "data_s": data_s,
                     "data": {"train_videos": args.videos, "val_videos": max(1, args.videos // 5),
                              "frames": args.frames, "size": args.size, "seed": args.seed}}
     checkpoint = args.checkpoint

@@ -9,11 +9,13 @@ is set up (never per step or per call).
 """
 from __future__ import annotations
 
+import platform
+import subprocess
 import warnings
 
 import torch
 
-__all__ = ["CPU_BF16_FEATURES", "cpu_has_native_bf16", "use_cpu_bf16"]
+__all__ = ["CPU_BF16_FEATURES", "cpu_has_native_bf16", "cpu_model_name", "use_cpu_bf16"]
 
 #: torch.cpu's capability checks (private helpers, present in torch >= 2.1) that make bfloat16 fast.
 CPU_BF16_FEATURES = {"_is_avx512_bf16_supported": "AVX-512 BF16", "_is_amx_tile_supported": "AMX"}
@@ -43,3 +45,14 @@ def use_cpu_bf16(requested: bool, what: str, warn: bool = True) -> bool:
     warnings.warn(f"{what}: this CPU has no {features}, where bfloat16 is slower than float32; "
                   "running in float32", RuntimeWarning, stacklevel=3)
     return False
+
+
+def cpu_model_name() -> str:
+    """This CPU's model name as `lscpu` gives it (benchmark reports), else what `platform` knows."""
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or platform.machine()
