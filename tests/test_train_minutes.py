@@ -12,6 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sipmask.checkpoint import read_checkpoint
@@ -61,6 +62,17 @@ def test_time_schedule_steps_at_the_preset_fractions_of_the_training_window():
     assert make_schedule(cfg, iters_per_epoch=20).final_factor == pytest.approx(STEP_GAMMA ** 2)
 
 
+def test_the_last_step_of_a_window_runs_at_the_bottom_even_when_longer_than_the_bottom():
+    """A 12 s step in a 30 s window (tiny: the bottom is the last 2.5 s): the schedule is read at each
+    step's expected end, and at the window's end for the last step that fits."""
+    s = make_time_schedule(replace(get_preset("tiny").train, warmup="none"), 30.0)
+    assert s.step_time(0.0, 0.0) == 0.0  # the first step: nothing measured yet
+    assert s.step_time(0.0, 12.0) == 12.0  # another 12 s step fits after it
+    assert s.step_time(12.0, 12.0) == 30.0  # none fits after this one: it runs at the bottom
+    assert s.factor(1, s.step_time(12.0, 12.0)) == s.final_factor == pytest.approx(STEP_GAMMA ** 2)
+    assert s.factor(1, 12.0) == 1.0  # read at its start, the last step would have run at the full lr
+
+
 def test_minutes_is_positive_and_excludes_iters_and_epochs(capsys):
     from sipmask.cli import main
 
@@ -94,13 +106,18 @@ def _env() -> dict[str, str]:
 
 
 def _check_lr_follows_the_clock(steps: list[dict], schedule: TimeSchedule, base_lr: float) -> None:
-    """Each logged lr is the schedule's at the iteration's start, a time between the previous line's
-    end and this line's (log every iteration), in the time order of the lines."""
+    """Each logged lr is the schedule's at the iteration's expected end, a time between the previous
+    line's end and this line's end plus one step (log every iteration), or, for a last iteration, at
+    the window's end; the lines are in time order."""
+    longest = max(b["elapsed_s"] - a["elapsed_s"] for a, b in zip(steps, steps[1:]))
     for prev, line in zip(steps, steps[1:]):
         assert line["elapsed_s"] >= prev["elapsed_s"]
         it = line["iter"] - 1
-        ends = sorted((schedule.factor(it, prev["elapsed_s"]), schedule.factor(it, line["elapsed_s"])))
-        assert ends[0] - 1e-9 <= line["lr"] / base_lr <= ends[1] + 1e-9, line
+        times = np.linspace(prev["elapsed_s"], line["elapsed_s"] + longest, 50)
+        factors = [schedule.factor(it, t) for t in times]
+        ratio = line["lr"] / base_lr
+        at_window_end = ratio == pytest.approx(schedule.factor(it, schedule.train_s))
+        assert at_window_end or min(factors) - 1e-9 <= ratio <= max(factors) + 1e-9, line
 
 
 def _check_ends_at_the_bottom(steps: list[dict], schedule: TimeSchedule, base_lr: float) -> None:

@@ -154,6 +154,15 @@ class TimeSchedule:
             return regular
         return regular * _warmup_factor(self.warmup, self.warmup_ratio, warmed)
 
+    def step_time(self, elapsed_s: float, step_s: float) -> float:
+        """The time at which to read the schedule for a step starting `elapsed_s` seconds into the run
+        and expected to take `step_s`: its expected end, or the end of the training window when no
+        further step would fit after it. So the last step runs at the bottom of the schedule even where
+        one step is longer than the bottom's stretch (`tiny`: the last 8.3% of the window, 2.5 s of a
+        30 s window)."""
+        end = elapsed_s + step_s
+        return self.train_s if end + step_s > self.train_s else end
+
     @property
     def final_factor(self) -> float:
         """The multiplier at the end of the training time (its bottom)."""

@@ -605,7 +605,7 @@ class _Trainer:
                 raise type(err)(worker_error_message(err)) from None
             self.dataset.problem_log.merge(problems)
             it = done
-            self._set_lr(it, elapsed)
+            self._set_lr(it, self.schedule.step_time(elapsed, steps.expected()) if budget else elapsed)
             values = self._step(it, images, targets)
             steps.add(time.perf_counter() - step_tic)
             done = it + 1
