@@ -172,6 +172,48 @@ def test_bench_reports_missing_yolo_rows_as_skipped(monkeypatch):
     assert not any(k.startswith("yolo") for k in report["median_s"])
 
 
+def test_importing_the_peer_leaves_pil_image_open_as_it_was(tmp_path, monkeypatch):
+    """ultralytics replaces PIL.Image.open on import (a version that raises ModuleNotFoundError for a
+    file PIL cannot identify); after `import_ultralytics` the package's image errors are PIL's again.
+    A stand-in package with the same patch, so the test runs with or without ultralytics."""
+    from PIL import Image
+
+    from sipmask.data.image_io import read_image
+    from sipmask.errors import ImageReadError
+    from sipmask.peers.yolo import import_ultralytics
+
+    fake = tmp_path / "fake" / "ultralytics"
+    (fake / "utils").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "utils" / "__init__.py").write_text("")
+    (fake / "utils" / "patches.py").write_text(
+        "from PIL import Image\n"
+        "def image_open(*args, **kwargs):\n"
+        "    raise ModuleNotFoundError(\"No module named 'pi_heif'\")\n"
+        "Image.open = image_open\n")
+    def ultralytics_modules() -> dict:
+        return {m: sys.modules[m] for m in list(sys.modules) if m == "ultralytics" or m.startswith("ultralytics.")}
+
+    real = ultralytics_modules()  # the real package, when another test imported it
+    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+    monkeypatch.setattr(Image, "open", Image.open)  # put back after the test whatever happens
+    original = Image.open
+    try:
+        for name in real:
+            del sys.modules[name]
+        module = import_ultralytics()
+        assert Path(module.__file__).parent == fake and "ultralytics.utils.patches" in sys.modules
+    finally:  # the stand-in leaves, the real modules (if any) come back
+        for name in ultralytics_modules():
+            del sys.modules[name]
+        sys.modules.update(real)
+    assert Image.open is original
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(ImageReadError, match="notes.png"):
+        read_image(bad)
+
+
 def test_yaml_names_only():
     from sipmask.peers.yolo import build_yolo
 

@@ -43,10 +43,20 @@ def import_ultralytics() -> Any:
     os.environ["YOLO_OFFLINE"] = "1"  # read once, when ultralytics.utils is first imported
     os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "sipmask-ultralytics"))
     os.environ.setdefault("YOLO_VERBOSE", "False")
+    from PIL import Image
+
+    pil_open = Image.open
     try:
         import ultralytics
+        with contextlib.suppress(ImportError):
+            import ultralytics.utils.patches  # noqa: F401  (imported now, so that its patch is undone below)
     except ImportError as err:
         raise PeerMissing("ultralytics", f"not installed ({err}); pip install -e '.[peers]'") from None
+    finally:
+        # ultralytics replaces PIL.Image.open for the whole process: on a file PIL cannot identify, its
+        # version tries to install pi-heif and raises ModuleNotFoundError instead of PIL's
+        # UnidentifiedImageError, which turns the package's "not an image" errors into a traceback.
+        Image.open = pil_open
     return ultralytics
 
 
