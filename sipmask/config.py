@@ -48,6 +48,10 @@ class BackboneConfig:
     # depend on the batch (from-scratch training at the small batches a CPU affords).
     norm: str = "bn"
     base_channels: int = 64  # stem and first-stage width; stage s has base_channels * 2**s (ResNet: 64)
+    # Weight init for training from scratch: "default" (PyTorch's conv init; pretrained weights replace
+    # it) or "kaiming" (torchvision's ResNet: He-normal fan-out convs, and each residual block's last
+    # norm scale at 0, so that every block starts as the identity: Goyal et al. 2017).
+    init: str = "default"
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,10 @@ class LossConfig:
     # (BCE about ln 2) until coefficients and bases agree; a larger weight speeds that escape
     # (YOLACT weighs its per-pixel mask BCE 6.125).
     mask_weight: float = 1.0
+    # The box that crops and normalises each positive's mask in loss_mask: "predicted" (official: the
+    # mask is learnt where the test crops it) or "gt" (as YOLACT: the mask branch learns from the
+    # first step, before the box regression has found the objects).
+    mask_crop: str = "predicted"
     # "mmdet" (SipMask-mmdetection / VIS): focal / (num_pos + num_imgs), centerness-weighted box
     # loss and mean centerness BCE, all per process; mask weights w / (sum w + 1e-4) * N.
     # "benchmark" (SipMask-benchmark): focal and centerness sums / max(mean num_pos over processes, 1),
@@ -359,6 +367,8 @@ NAME_CHOICES: dict[str, tuple[str, ...]] = {
     "train.lr_policy": ("step", "cosine"),
     "backbone.norm": ("bn", "gn"),
     "head.basis_init": ("official", "kaiming"),
+    "loss.mask_crop": ("predicted", "gt"),
+    "backbone.init": ("default", "kaiming"),
 }
 
 

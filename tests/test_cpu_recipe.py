@@ -124,3 +124,62 @@ def test_mask_weight_scales_only_the_mask_loss():
     assert losses[3.0]["loss_mask"] == pytest.approx(3.0 * losses[1.0]["loss_mask"], rel=1e-5)
     for key in ("loss_cls", "loss_bbox", "loss_centerness"):
         assert losses[3.0][key] == pytest.approx(losses[1.0][key], rel=1e-6)
+
+
+def _mask_loss_inputs(pred_boxes: torch.Tensor):
+    """One image, one positive: a 16 x 16 GT square at (8..24) on a 32 x 32 canvas, a flat basis."""
+    from sipmask.model.mask_loss import MaskLossInputs
+
+    gt = torch.zeros(1, 32, 32)
+    gt[0, 8:24, 8:24] = 1.0
+    return MaskLossInputs(image_index=torch.zeros(1, dtype=torch.long), coefs=torch.zeros(1, 4 * 2, requires_grad=True),
+                          pred_boxes=pred_boxes, gt_boxes=torch.tensor([[8.0, 8.0, 24.0, 24.0]]), gt_masks=gt,
+                          scores=torch.tensor([0.5]), labels=torch.zeros(1, dtype=torch.long))
+
+
+def test_mask_crop_gt_learns_from_the_gt_box_while_the_predicted_box_is_wrong():
+    """A predicted box off the object: cropped by it (official) the target is all background, cropped by
+    the GT box (mask_crop="gt") it is all object; the loss weights still come from the predicted box."""
+    from sipmask.model.mask_loss import mask_alignment_loss
+
+    basis = torch.ones(1, 2, 32, 32)
+    wrong = torch.tensor([[0.0, 0.0, 6.0, 6.0]])  # no overlap with the object
+    for crop in ("predicted", "gt"):
+        inputs = _mask_loss_inputs(wrong)
+        loss, pred = mask_alignment_loss(basis, inputs, num_images=1, grid=2, weighted=False, plus_one=False, crop=crop)
+        assert float(loss) == pytest.approx(math.log(2.0), rel=1e-5)  # logits 0: BCE ln 2 per pixel
+        loss.backward()
+        # d loss / d coef = sum over the crop of (sigmoid(0) - target) / area: + for background, - for object
+        grad = inputs.coefs.grad.sum()
+        assert (grad > 0) if crop == "predicted" else (grad < 0), crop
+        inside = (pred > 0).nonzero()
+        rows, cols = inside[:, 1], inside[:, 2]
+        box = (0, 6) if crop == "predicted" else (8, 24)
+        assert int(rows.min()) == box[0] and int(rows.max()) == box[1] - 1 and int(cols.max()) == box[1] - 1
+    # the alignment weight is score x IoU(gt, predicted): no overlap gives the instance no weight
+    loss, _ = mask_alignment_loss(basis, _mask_loss_inputs(wrong), 1, 2, weighted=True, plus_one=False, crop="gt")
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ConfigError, match="loss.mask_crop"):
+        get_preset("tiny").with_overrides(loss__mask_crop="box")
+
+
+def test_kaiming_backbone_init_starts_every_residual_block_as_the_identity():
+    """backbone.init="kaiming": He-normal (fan-out) convs and each block's last norm scale at 0, so a
+    block's output is relu(its shortcut); the default init leaves PyTorch's conv init and scale 1."""
+    from sipmask.model.backbone import BasicBlock
+
+    torch.manual_seed(0)
+    backbone = build_model(get_preset("tiny").with_overrides(backbone__init="kaiming", num_classes=2)).backbone
+    blocks = [m for m in backbone.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8 and all(float(b.bn2.weight.abs().sum()) == 0.0 for b in blocks)
+    conv = backbone.layer3[1].conv1  # 3x3, 256 -> 256: fan-out 2304, He std sqrt(2 / 2304)
+    assert float(conv.weight.std()) == pytest.approx(math.sqrt(2.0 / (9 * 256)), rel=0.05)
+    block = backbone.layer2[1].eval()
+    x = torch.randn(1, 128, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), torch.relu(x))
+    default = build_model(get_preset("tiny").with_overrides(num_classes=2)).backbone
+    assert float(default.layer2[1].bn2.weight.min()) == 1.0
+    assert float(default.layer3[1].conv1.weight.std()) < 0.7 * math.sqrt(2.0 / (9 * 256))
+    with pytest.raises(ConfigError, match="backbone.init"):
+        get_preset("tiny").with_overrides(backbone__init="xavier")

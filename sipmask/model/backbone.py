@@ -121,7 +121,22 @@ class ResNet(nn.Module):
                 inplanes = planes * block.expansion
             self.add_module(f"layer{stage + 1}", nn.Sequential(*layer))
             self.out_channels.append(inplanes)
+        if cfg.init == "kaiming":
+            self._init_from_scratch()
         self._freeze()
+
+    def _init_from_scratch(self) -> None:
+        """torchvision's ResNet init: He-normal (fan-out) convs, norms at scale 1 / shift 0, and the
+        last norm of every residual block at scale 0 (each block starts as the identity)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, (BasicBlock, Bottleneck)):
+                nn.init.zeros_((m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight)
 
     def _frozen_modules(self) -> list[nn.Module]:
         modules: list[nn.Module] = []

@@ -203,7 +203,7 @@ class SipMaskCriterion:
         )
         loss_mask, pred_masks = mask_alignment_loss(
             out.basis, mask_inputs, num_imgs, self.head_cfg.grid, cfg.mask_alignment_weighting, cfg.box_plus_one,
-            cfg.criterion,
+            cfg.criterion, cfg.mask_crop,
         )
         if self.cfg.mask_weight != 1.0:
             loss_mask = loss_mask * self.cfg.mask_weight

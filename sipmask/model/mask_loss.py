@@ -74,6 +74,7 @@ def mask_alignment_loss(
     weighted: bool = True,
     plus_one: bool = True,
     style: str = "mmdet",
+    crop: str = "predicted",
 ) -> tuple[Tensor, Tensor]:
     """Alignment-weighted per-instance mask BCE, averaged over images.
 
@@ -86,9 +87,12 @@ def mask_alignment_loss(
     style "benchmark" (SipMask-benchmark): kept = area > 0; w <- w / sum w * N_i (no 1e-4); then
     only the survivors of a per-image NMS at IoU 0.9 (scores s_n) enter, their weights are not
     re-normalised and N_i becomes the number of survivors; the batch loss is halved when > 1.
+
+    crop "gt": the assigned GT box takes the predicted box's place in the crop, the normalisation
+    and the area filter (not in the weights w_n, which still measure how well the box was found).
     """
     benchmark = style == "benchmark"
-    boxes = inputs.pred_boxes
+    boxes = inputs.gt_boxes if crop == "gt" else inputs.pred_boxes
     keep = kept_positives(boxes, BM_MIN_CANVAS_BOX_AREA if benchmark else MIN_CANVAS_BOX_AREA)
     if not bool(keep.any()):
         # Zero, but connected to every mask parameter (DDP expects each parameter to get a gradient).
@@ -99,7 +103,7 @@ def mask_alignment_loss(
 
     with torch.no_grad():
         if weighted:
-            w = inputs.scores[keep] * aligned_iou(inputs.gt_boxes[keep], boxes, plus_one=plus_one)
+            w = inputs.scores[keep] * aligned_iou(inputs.gt_boxes[keep], inputs.pred_boxes[keep], plus_one=plus_one)
             w_sum = torch.zeros(num_images, dtype=w.dtype, device=w.device).index_add_(0, idx, w)
             if benchmark:
                 w_sum = w_sum.clamp(min=torch.finfo(w.dtype).tiny)  # official: NaN when every w is 0
@@ -110,7 +114,7 @@ def mask_alignment_loss(
             w = torch.ones_like(boxes[:, 0])
     coefs, gt_masks = inputs.coefs[keep], inputs.gt_masks[keep]
     if benchmark:
-        survive = nms_survivors(boxes, inputs.scores[keep], idx)  # [N] bool
+        survive = nms_survivors(inputs.pred_boxes[keep], inputs.scores[keep], idx)  # [N] bool
         idx, boxes, coefs, gt_masks, w = idx[survive], boxes[survive], coefs[survive], gt_masks[survive], w[survive]
         counts = torch.bincount(idx, minlength=num_images).to(basis.dtype)
     per_count = counts[idx]  # [N] number of instances of the same image in the loss
