@@ -3,6 +3,7 @@ verb that shows progress, `sipmask --version`, and `sipmask demo --out` never de
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -179,3 +180,20 @@ def test_demo_reuses_its_own_folder_and_removes_only_its_entries(tmp_path):
     demo._prepare_out(new)
     assert sorted(p.name for p in new.iterdir()) == sorted([demo.DEMO_MARKER, "my_notes.txt", "mine"])
     assert (new / "my_notes.txt").read_text() == "keep me" and (new / "mine" / "x.txt").read_text() == "keep me"
+
+
+def test_demo_end_to_end_in_a_few_iterations(tmp_path, capsys):
+    """The demo's whole chain on its own preset: data, training, evaluation, drawings, outputs."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--iters", "2", "--num-images", "8", "--device", "cpu",
+                 "--workers", "0", "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"training `{demo.DEMO_CONFIG}` on the CPU for 2 iterations" in stdout
+    log = [json.loads(x) for x in (out / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["preset"] == demo.DEMO_CONFIG and log[-1]["iterations"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"bbox", "segm"} <= set(metrics) and 0.0 <= metrics["segm"]["AP"] <= 1.0
+    for iou_type in ("bbox", "segm"):
+        results = out / f"results.{iou_type}.json"
+        assert isinstance(json.loads(results.read_text()), list) and str(results) in stdout
+    assert len(list((out / "predictions").glob("*.png"))) == demo.DEMO_DRAWN
