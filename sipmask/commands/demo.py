@@ -18,11 +18,11 @@ DEMO_MINUTES = 8.5
 #: Mixed precision: bfloat16 on a CPU with AVX-512 BF16 / AMX (a step 0.59x as long at 2 threads,
 #: docs/training-cpu.md), float32 with one warning on other CPUs, float16 on a GPU.
 DEMO_AMP = True
-#: Input size of the demo's model: its shapes are 16-40% of the 320-px side, so about 224 px keeps
-#: them >= 35 px while a step costs less (8.5 minutes of `tiny`: 781 steps and mask AP 0.434 at about
-#: 256 px, 598 and 0.324 at 320; of `tiny_rt`: 1184 steps and 0.489 at about 224, 994 and 0.468 at
-#: about 256; docs/training-cpu.md, rows 9, 10, 13 and 14).
-DEMO_INPUT = {"input__train_scales": ((427, 192), (427, 256)), "input__test_scale": (427, 224)}
+#: Input size of the demo's model: its shapes are 16-40% of the 320-px side, so about 256 px keeps
+#: them >= 40 px while a step costs less (8.5 minutes of `tiny`: 781 steps and mask AP 0.434 at about
+#: 256 px, 598 and 0.324 at 320). About 224 px gave `tiny_rt` more steps but no better AP in two runs
+#: (0.489, 0.434 against 0.468, 0.497 at 256; docs/training-cpu.md, rows 9, 10, 13 and 14).
+DEMO_INPUT = {"input__train_scales": ((427, 224), (427, 288)), "input__test_scale": (427, 256)}
 #: The demo's preset: `tiny_rt`, the real-time `tiny` (3/4-width ResNet-18, depthwise-separable
 #: head), learns as fast per step as `tiny` on this data and takes 0.81x as long a step, so the budget
 #: gives it about 27% more steps (8.5 minutes: 994 steps, mask AP 0.468, against 781 and 0.434 for
