@@ -62,9 +62,25 @@ def test_serial_postprocess_gives_the_same_detections():
     torch.manual_seed(0)
     model = build_model("tiny", num_classes=3)
     image = np.random.default_rng(0).integers(0, 256, (200, 260, 3), dtype=np.uint8)
-    serial, inline = model.for_inference(), model.for_inference(serial_postprocess=False)
+    serial, inline = model.for_inference(serial_postprocess=True), model.for_inference()
     assert serial.serial_postprocess and not inline.serial_postprocess and not model.serial_postprocess
     a, b = serial.predict([image], score_thr=0.0)[0], inline.predict([image], score_thr=0.0)[0]
     assert len(a["scores"]) > 0
     for key in ("boxes", "scores", "labels", "masks"):
         assert torch.equal(a[key], b[key]), key
+
+
+def test_worker_runs_mkl_on_one_thread_and_leaves_the_callers_count():
+    """A matrix product on the worker must not start an MKL team of torch's size (see the module
+    docstring: with more OpenMP threads than cores every later parallel op of the caller slows down)."""
+    get_max = one_thread._mkl_function("mkl_get_max_threads")
+    if get_max is None or one_thread._shared_worker() is None:
+        pytest.skip("torch here has no MKL (or no OpenMP runtime): nothing to limit")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_on_one_thread(lambda: torch.randn(64, 64) @ torch.randn(64, 64))
+        assert run_on_one_thread(get_max) == 1
+        assert get_max() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -87,9 +87,9 @@ class Predictor:
             pre- and postprocess ops waits for a descheduled thread). Calls never change it.
         copy_model: False lets the Predictor convert `model` in place instead of copying it (for a
             model nobody else holds; `from_checkpoint` does this).
-        serial_postprocess: None = on the CPU: the postprocess runs on one worker thread whose OpenMP
-            team is one thread (`sipmask.ops.one_thread`; faster for its many small ops, and the
-            process's thread count stays as it is); False runs it on the calling thread.
+        serial_postprocess: True runs the postprocess (CPU) on one worker thread whose OpenMP and MKL
+            thread counts are one (`sipmask.ops.one_thread`); the default False runs it on the calling
+            thread with torch's thread count, which is faster on 2 cores (README, "Threads").
     """
 
     def __init__(
@@ -106,7 +106,7 @@ class Predictor:
         compile: bool = False,
         threads: int | None = None,
         copy_model: bool = True,
-        serial_postprocess: bool | None = None,
+        serial_postprocess: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

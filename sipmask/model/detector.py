@@ -107,7 +107,7 @@ class SipMask(nn.Module):
         channels_last: bool | None = None,
         half: bool = False,
         inplace: bool = False,
-        serial_postprocess: bool | None = None,
+        serial_postprocess: bool = False,
         bf16: bool = False,
     ) -> "SipMask":
         """This model set up for inference: eval mode, on `device` (default: where it is), channels-last
@@ -119,12 +119,14 @@ class SipMask(nn.Module):
         stay float32. On a CPU without AVX-512 BF16 or AMX it warns once and stays float32
         (`sipmask.precision`). A model set up with bf16 keeps it through later calls.
 
-        serial_postprocess (None: on the CPU) runs the postprocess on a worker thread whose OpenMP team is
-        one thread (`sipmask.ops.one_thread`: its many small ops lose more to intra-op barriers than
-        they gain; the process's thread count is left alone).
+        serial_postprocess=True runs the postprocess (CPU) on a worker thread whose OpenMP and MKL
+        thread counts are one (`sipmask.ops.one_thread`), the process's count left alone. Off by
+        default: on 2 cores the calling thread with torch's count is faster (README, "Threads").
 
-        By default a copy is returned (parameters without .grad) and this model stays as it was (device,
-        memory format, dtype, training mode); inplace=True converts this model itself and returns it.
+        The backbone's BatchNorms are folded into their convs (`ResNet.fold_batch_norms`): the result is
+        for inference only. By default a copy is returned (parameters without .grad) and this model
+        stays as it was (device, memory format, dtype, training mode, norms); inplace=True converts this
+        model itself and returns it.
         """
         device = torch.device(device) if device is not None else self.device
         bf16 = bf16 or self.cpu_bf16  # a bfloat16 model stays one (its conv weights are bfloat16)
@@ -135,10 +137,11 @@ class SipMask(nn.Module):
         bf16 = use_cpu_bf16(bf16, "bf16")
         model = self if inplace else copy.deepcopy(self)  # (parameters are copied without their .grad)
         model = model.to(device).eval()
+        model.backbone.fold_batch_norms()  # (an inference model: its backbone's norms are constants now)
         if channels_last is None:
             channels_last = device.type == "cpu"
         model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        model.serial_postprocess = device.type == "cpu" if serial_postprocess is None else serial_postprocess
+        model.serial_postprocess = bool(serial_postprocess)
         if half:
             for part in (model.backbone, model.neck, model.head):
                 part.half()

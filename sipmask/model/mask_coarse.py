@@ -101,7 +101,7 @@ def _axis(length: int, canvas_scale: float, canvas_size: int, coarse_size: int, 
     ratio = (thr / edge.clamp(min=thr)).clamp_(max=1.0 - 1e-6)  # thr / E below 1: a finite logit
     neg_shift = math.log(thr / (1.0 - thr)) - torch.log(ratio / (1.0 - ratio))
     neg_shift.masked_fill_((weight0 > 0) == (weight1 > 0), 0.0).masked_fill_(~settable, -NEVER)
-    scale = torch.where(settable, 1.0 / edge.clamp(min=thr), 0.0)  # renormalise over the inside taps
+    scale = settable / edge.clamp(min=thr)  # renormalise over the inside taps (0 where none may be set)
     any_pixel = settable.any(dim=1)
     start = torch.where(any_pixel, settable.int().argmax(dim=1), 0)
     end = torch.where(any_pixel, length - settable.flip(1).int().argmax(dim=1), start)
@@ -110,8 +110,8 @@ def _axis(length: int, canvas_scale: float, canvas_size: int, coarse_size: int, 
     c10, c11, f1 = _taps(((k1 + 0.5) / COARSE_TO_CANVAS - 0.5).clamp_(0.0, coarse_size - 1), coarse_size)
     index = torch.stack([c00, c01, c10, c11], dim=1)  # [L, 4]
     weight0, weight1 = weight0 * scale, weight1 * scale
-    weight = torch.stack([weight0 * (1.0 - f0), weight0 * f0, weight1 * (1.0 - f1), weight1 * f1], dim=2)
-    cell = torch.stack([cell0, cell0, cell1, cell1], dim=2)  # [N, L, 4]
+    weight = _interleave([weight0 * (1.0 - f0), weight0 * f0, weight1 * (1.0 - f1), weight1 * f1])
+    cell = _interleave([cell0, cell0, cell1, cell1])  # [N, L, 4]
     # the stride-8 pixels each band reads (a window needs only those of its bands), from the band's
     # canvas pixels widened by one on each side (a superset: cheaper than searching the taps)
     bands = torch.arange(grid + 1, device=device).float()
@@ -123,6 +123,14 @@ def _axis(length: int, canvas_scale: float, canvas_size: int, coarse_size: int, 
     band_last = (to_coarse(canvas_last) + 1).clamp_(max=coarse_size - 1).long()
     return _Axis(index, coarse_size, band_first.tolist(), band_last.tolist(), weight, cell, neg_shift,
                  start.tolist(), end.tolist())
+
+
+def _interleave(planes: list[Tensor]) -> Tensor:
+    """[N, L] planes -> [N, L, len(planes)] (torch.stack on the last dim, which is several times slower)."""
+    out = planes[0].new_empty((*planes[0].shape, len(planes)))
+    for i, plane in enumerate(planes):
+        out[..., i] = plane
+    return out
 
 
 class _Span(NamedTuple):

@@ -1,11 +1,17 @@
-"""A worker thread whose OpenMP team is one thread, for stages of many small ops (the postprocess).
+"""A worker thread whose OpenMP team and MKL calls are one thread, for stages of many small ops
+(`serial_postprocess=True`: the postprocess on a busy CPU).
 
-Each of torch's intra-op parallel ops pays a fork/join barrier; for the postprocess's ~300 small ops
-on a few cores that costs more than it saves (measured on 2 cores, Intel Xeon, real-time R50 at 544:
-postprocess 57-70 ms with 2 threads, 50-60 ms with one). `torch.set_num_threads` would change the
-whole process (and racing calls could leave it changed), so instead one worker thread is started
-once per process and its own OpenMP thread count, a per-thread setting of the OpenMP runtime that
-torch loaded, is set to 1. Every other thread keeps torch's thread count.
+Each of torch's intra-op parallel ops pays a fork/join barrier, which a stage of many small ops can
+lose more to than a second core gains. `torch.set_num_threads` would change the whole process (and
+racing calls could leave it changed), so instead one worker thread is started once per process and
+its own OpenMP thread count, a per-thread setting of the OpenMP runtime that torch loaded, is set to
+1; so is MKL's per-thread count (`mkl_set_num_threads_local`). Every other thread keeps torch's count.
+
+The MKL setting matters beyond the worker: MKL takes its thread count from its own process-wide
+setting, not from OpenMP's per-thread one, so a matrix product on the worker started a second
+OpenMP team of torch's size. With more OpenMP threads than cores, GNU OpenMP stops spin-waiting at
+its barriers (futex sleeps instead), and every parallel op of the caller's network got slower from
+then on: 44 -> 72 ms for `tiny_rt` at 320 px on 2 cores, for the rest of the process.
 
 Where no OpenMP runtime can be found (not Linux, or a torch build without OpenMP), `run` calls the
 function on the caller's thread, unchanged.
@@ -57,11 +63,33 @@ def openmp_runtime() -> Any:
     return _runtime
 
 
+def _mkl_function(name: str) -> Any:
+    """MKL's C function `name` (taking its int by reference) from the loaded torch library, or None
+    (a torch built without MKL, or not Linux)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "libtorch_cpu" in line})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            fn = getattr(ctypes.CDLL(path), name)  # already loaded: the same handle
+        except (OSError, AttributeError):
+            continue
+        fn.restype = ctypes.c_int
+        return fn
+    return None
+
+
 def _start_one_thread_team() -> None:
     """Worker initialiser: torch's per-thread set-up first (it sets the OpenMP count from torch's
-    global one on a thread's first use), then this thread's OpenMP team to one thread."""
+    global one on a thread's first use), then this thread's OpenMP team to one thread, and MKL's
+    thread count on this thread to one as well."""
     torch.get_num_threads()
     openmp_runtime().omp_set_num_threads(1)
+    set_local = _mkl_function("mkl_set_num_threads_local")
+    if set_local is not None:
+        set_local(ctypes.byref(ctypes.c_int(1)))  # (the exported name takes the count by reference)
 
 
 def _shared_worker() -> ThreadPoolExecutor | None:
