@@ -1,14 +1,14 @@
-"""Real-time `tiny`: latency of candidate networks and of the two mask paths, in one process.
+"""The real-time `tiny` (from `tiny_classic`): latency of candidate networks and of the two mask paths, in one process.
 
     .venv/bin/python benchmarks/bench_realtime.py [--size 320] [--threads 2] [--runs 15] [--profile] [--clock thread]
 
-Every candidate is `tiny` plus config overrides (CANDIDATES). Their networks (backbone + FPN + head,
+Every candidate is `tiny_classic` plus config overrides (CANDIDATES). Their networks (backbone + FPN + head,
 channels-last, inference mode, random weights) run interleaved: run i of every candidate, then run
 i + 1, so that load from other processes hits them alike; the table gives each median and its ratio
-to `tiny`'s in the same runs. Then the postprocess of the `tiny_rt` preset with 100 forced
+to `tiny_classic`'s in the same runs. Then the postprocess of the `tiny` preset with 100 forced
 detections (`sipmask bench`'s random-weight setup) runs interleaved with the exact and the fast mask
-path (one thread: the Predictor's serial postprocess). With --profile, the per-module time of
-`tiny` and `tiny_rt` (forward hooks, medians) and their postprocess stages (candidates, NMS,
+path (one thread). With --profile, the per-module time of
+`tiny_classic` and `tiny` (forward hooks, medians) and their postprocess stages (candidates, NMS,
 masks) are printed first. `--clock thread` measures the CPU
 time of the calling thread instead of wall time, with one torch thread: the cost of each call,
 which a machine loaded by other processes inflates far less than wall time (on an idle machine,
@@ -31,13 +31,13 @@ from sipmask.config import get_preset, regress_ranges
 #: The clock of every measurement (set by --clock): wall time, or the calling thread's CPU time.
 _clock = time.perf_counter
 
-#: Candidate networks: overrides of `tiny` (`SipMaskConfig.with_overrides` keys).
+#: Candidate networks: overrides of `tiny_classic` (`SipMaskConfig.with_overrides` keys).
 _SEP_HEAD = {"head__separable_towers": True, "head__separable_predictors": True}
 _SEP_ALIGN = {**_SEP_HEAD, "head__separable_align": True}
 _P3_P5 = {"neck__num_outs": 3, "head__strides": [8, 16, 32], "loss__regress_ranges": regress_ranges(3)}
 _RT = {**_SEP_ALIGN, **_P3_P5, "neck__separable": True}
 CANDIDATES: dict[str, dict | None] = {
-    "tiny": {},
+    "tiny_classic": {},
     "sep_head": _SEP_HEAD,
     "sep_head_align": _SEP_ALIGN,
     "sep_head_align_p3p5": {**_SEP_ALIGN, **_P3_P5},
@@ -45,7 +45,7 @@ CANDIDATES: dict[str, dict | None] = {
     "rt_r18w48": {**_RT, "backbone__base_channels": 48},
     "rt_r18w32": {**_RT, "backbone__base_channels": 32},
     "rt_r18w48_96ch": {**_RT, "backbone__base_channels": 48, "neck__out_channels": 96, "head__feat_channels": 96},
-    "tiny_rt": None,  # the preset itself
+    "tiny": None,  # the preset itself
 }
 
 
@@ -59,9 +59,9 @@ def _network(cfg, size: int):
 
 
 def time_networks(size: int, runs: int, warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Median network ms of every candidate (interleaved runs) and its ratio to tiny's."""
-    tiny = get_preset("tiny")
-    nets = {name: _network(get_preset("tiny_rt") if ov is None else tiny.with_overrides(**ov), size)
+    """Median network ms of every candidate (interleaved runs) and its ratio to tiny_classic's."""
+    tiny = get_preset("tiny_classic")
+    nets = {name: _network(get_preset("tiny") if ov is None else tiny.with_overrides(**ov), size)
             for name, ov in CANDIDATES.items()}
     times: dict[str, list[float]] = {name: [] for name in nets}
     with torch.inference_mode():
@@ -71,18 +71,18 @@ def time_networks(size: int, runs: int, warmup: int = 2) -> dict[str, dict[str, 
                 model.network(batch)
                 if i >= warmup:
                     times[name].append(_clock() - start)
-    base = times["tiny"]
+    base = times["tiny_classic"]
     return {name: {"median_ms": 1e3 * statistics.median(t),
-                   "ratio_to_tiny": statistics.median([a / b for a, b in zip(t, base)]),
+                   "ratio_to_tiny_classic": statistics.median([a / b for a, b in zip(t, base)]),
                    "params_m": sum(p.numel() for p in nets[name][0].parameters()) / 1e6}
             for name, t in times.items()}
 
 
 def time_postprocess(size: int, runs: int, detections: int = 100) -> dict[str, float]:
-    """Median postprocess ms of tiny_rt with the exact and the fast mask path (interleaved, one thread)."""
+    """Median postprocess ms of tiny with the exact and the fast mask path (interleaved, one thread)."""
     from sipmask.inference.benchmark import BenchOptions, _forced_score_thr, _sipmask_predictors
 
-    predictor, _ = _sipmask_predictors(BenchOptions(config="tiny_rt", size=size, detections=detections,
+    predictor, _ = _sipmask_predictors(BenchOptions(config="tiny", size=size, detections=detections,
                                                     maskrcnn=False))
     model = predictor.model
     if _clock is time.thread_time:  # the postprocess must run on this thread to be on its clock
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--profile", action="store_true", help="per-module medians of tiny and tiny_rt first")
+    parser.add_argument("--profile", action="store_true", help="per-module medians of tiny_classic and tiny first")
     parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
                         help="wall time (default) or the thread's CPU time (forces --threads 1)")
     args = parser.parse_args(argv)
@@ -205,19 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     report: dict = {"size": args.size, "threads": args.threads, "runs": args.runs, "clock": args.clock}
     if args.profile:
-        report["profile_ms"] = {name: profile_modules(name, args.size, args.runs) for name in ("tiny", "tiny_rt")}
+        report["profile_ms"] = {name: profile_modules(name, args.size, args.runs) for name in ("tiny_classic", "tiny")}
         for name, table in report["profile_ms"].items():
             print(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in table.items()))
         report["postprocess_profile_ms"] = {name: profile_postprocess(name, args.size, args.runs)
-                                            for name in ("tiny", "tiny_rt")}
+                                            for name in ("tiny_classic", "tiny")}
         for name, table in report["postprocess_profile_ms"].items():
             print(f"{name} postprocess: " + ", ".join(f"{k} {v:.1f}" for k, v in table.items()))
     report["networks"] = time_networks(args.size, args.runs)
-    print(f"{'network':<24}{'median ms':>10}{'/ tiny':>8}{'params M':>10}")
+    print(f"{'network':<24}{'median ms':>10}{'/ classic':>10}{'params M':>10}")
     for name, row in report["networks"].items():
-        print(f"{name:<24}{row['median_ms']:10.1f}{row['ratio_to_tiny']:8.2f}{row['params_m']:10.2f}")
+        print(f"{name:<24}{row['median_ms']:10.1f}{row['ratio_to_tiny_classic']:10.2f}{row['params_m']:10.2f}")
     report["postprocess"] = time_postprocess(args.size, args.runs)
-    print("tiny_rt postprocess, 100 detections: " + ", ".join(f"{k} {v:.2f}" for k, v in report["postprocess"].items()))
+    print("tiny postprocess, 100 detections: " + ", ".join(f"{k} {v:.2f}" for k, v in report["postprocess"].items()))
     print(json.dumps(report))
     return 0
 

@@ -36,7 +36,7 @@ def mask_loss_trace(optimiser: str, lr: float, overrides: dict) -> list[float]:
               "labels": torch.zeros(2, dtype=torch.long), "masks": torch.from_numpy(masks.astype(np.uint8))}
     x = torch.from_numpy(image).permute(2, 0, 1).float()
     torch.manual_seed(0)
-    model = sipmask.build_model("tiny", num_classes=1, input__test_scale=(SIZE, SIZE), **overrides).train()
+    model = sipmask.build_model("tiny_classic", num_classes=1, input__test_scale=(SIZE, SIZE), **overrides).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.AdamW(params, lr=lr) if optimiser == "adamw"
            else torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4))

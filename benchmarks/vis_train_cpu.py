@@ -105,7 +105,7 @@ def main() -> None:
         weights: list[str] = []
         if args.pretrain_iters > 0:
             coco = frames_as_coco(paths["train_ann"], args.out / "train_frames_coco.json")
-            pre_args = ["train", "--config", "tiny", "--train-images", str(paths["train_images"]),
+            pre_args = ["train", "--config", "tiny_classic", "--train-images", str(paths["train_images"]),
                         "--train-ann", str(coco), "--out", str(args.out / "pretrain"),
                         "--iters", str(args.pretrain_iters), "--seed", str(args.seed), "--no-progress", *same_input]
             report["pretrain_command"] = "sipmask " + shlex.join(pre_args)

@@ -1,4 +1,4 @@
-"""Typed configs and the named presets: one per official SipMask config, plus `tiny` / `tiny_vis` for CPU work."""
+"""Typed configs and the named presets: one per official SipMask config, plus `tiny` / `tiny_classic` / `tiny_vis` for CPU work."""
 from __future__ import annotations
 
 import dataclasses
@@ -44,7 +44,7 @@ class BackboneConfig:
     frozen_bn_buffers: bool = False  # BM: BN statistics and affine terms are buffers, not parameters
     dcn_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)
     dcn_interval: int = 3  # SipMask++: DCN in the first block of a stage and every third block
-    # "bn": BatchNorm (official); "gn": GroupNorm with GN_GROUPS groups, whose statistics do not
+    # "bn": BatchNorm (official); "gn": GroupNorm with GN_GROUPS groups (fewer where they do not divide the channels), whose statistics do not
     # depend on the batch (from-scratch training at the small batches a CPU affords).
     norm: str = "bn"
     base_channels: int = 64  # stem and first-stage width; stage s has base_channels * 2**s (ResNet: 64)
@@ -79,7 +79,7 @@ class HeadConfig:
     align_norm: bool | None = None  # None: GN after alignment iff use_gn (MM); True: always (BM)
     coef_init_std: float = 0.001  # official MM init of the coefficient conv
     # "official": the basis branch's convs drawn from normal(0, 0.01), which starts every mask logit
-    # near 0 (std about 0.02 in `tiny`) and leaves the mask loss flat at ln 2 for the first ~200
+    # near 0 (std about 0.02 in `tiny_classic`) and leaves the mask loss flat at ln 2 for the first ~200
     # steps from scratch; "kaiming": He init (ReLU gain), mask logits start with std about 0.5.
     basis_init: str = "official"
     basis_norm: bool = False  # GroupNorm before the basis branch's ReLUs (see BasisBranch); not official
@@ -496,26 +496,27 @@ TINY_VIS_MAX_PER_FRAME = 20
 
 
 def _tiny_vis() -> SipMaskConfig:
-    """`tiny` plus a 128-channel tracking branch: a video model that trains on the CPU."""
-    tiny = _tiny()
+    """`tiny_classic` plus a 128-channel tracking branch: a video model that trains on the CPU."""
+    tiny = _tiny_classic()
     return replace(
         tiny,
         name="tiny_vis",
-        description="tiny plus the VIS tracking branch (128-ch embeddings): CPU video training and tests",
+        description="tiny_classic plus the VIS tracking branch (128-ch embeddings): CPU video training and tests",
         head=replace(tiny.head, track_channels=TINY_TRACK_CHANNELS),
         # Every training step also runs the reference frame through the backbone: a smaller input
-        # (about 256 px) keeps a step near tiny's cost (1.6 s instead of 2.1 s on 2 cores, batch 4).
+        # (about 256 px) keeps a step near tiny_classic's cost (1.6 s instead of 2.1 s on 2 cores, batch 4).
         input=replace(tiny.input, test_scale=(427, 256), train_scales=((427, 224), (427, 288))),
         # At most 20 detections a frame: each one is matched against every live track.
         test=replace(tiny.test, max_per_img=TINY_VIS_MAX_PER_FRAME),
     )
 
 
-def _tiny() -> SipMaskConfig:
-    """ResNet-18 at about 320 px with slim FPN/head: trains from scratch on the CPU in minutes."""
+def _tiny_classic() -> SipMaskConfig:
+    """ResNet-18 at about 320 px with slim FPN/head: trains from scratch on the CPU in minutes. The
+    first `tiny` (until the real-time network took that name), kept for its checkpoints and the tests."""
     return SipMaskConfig(
-        name="tiny",
-        description="ResNet-18 pytorch-style, 128-ch FPN/head, about 320 px: CPU training and tests",
+        name="tiny_classic",
+        description="the first tiny: ResNet-18 pytorch-style, 128-ch FPN/head, P3-P7, exact mask path, about 320 px",
         source="none",
         backbone=BackboneConfig(depth=18, style="pytorch", frozen_stages=-1, norm_eval=False),
         neck=NeckConfig(out_channels=128),
@@ -536,31 +537,32 @@ def _tiny() -> SipMaskConfig:
     )
 
 
-#: FPN levels of `tiny_rt`: P3-P5. At about 320 px P6 / P7 are 5x5 / 3x3 maps that cost a head pass
+#: FPN levels of `tiny`: P3-P5. At about 320 px P6 / P7 are 5x5 / 3x3 maps that cost a head pass
 #: each for objects P5 (stride 32, regress range open-ended) still covers.
-TINY_RT_LEVELS = 3
-#: ResNet-18 width of `tiny_rt`: stages of 48-96-192-384 channels instead of 64-512, about 0.56x the
+TINY_LEVELS = 3
+#: ResNet-18 width of `tiny`: stages of 48-96-192-384 channels instead of 64-512, about 0.56x the
 #: backbone's cost (docs/training-cpu.md, "Real-time tiny").
-TINY_RT_BASE_CHANNELS = 48
-#: Candidates per level before NMS in `tiny_rt`: at about 320 px P3 has 1600 points; 300 per level
+TINY_BASE_CHANNELS = 48
+#: Candidates per level before NMS in `tiny`: at about 320 px P3 has 1600 points; 300 per level
 #: halve the per-class NMS time and still leave several times the 50 detections kept.
-TINY_RT_NMS_PRE = 300
+TINY_NMS_PRE = 300
 
 
-def _tiny_rt() -> SipMaskConfig:
-    """`tiny` made real-time on a CPU: a cheaper network (see docs/training-cpu.md) and the fast mask path."""
-    tiny = _tiny()
+def _tiny() -> SipMaskConfig:
+    """The CPU model: `tiny_classic` made real-time (a cheaper network, see docs/training-cpu.md, and
+    the fast mask path); it trains from scratch on the CPU in minutes. Named `tiny_rt` before."""
+    tiny = _tiny_classic()
     return replace(
         tiny,
-        name="tiny_rt",
-        description="tiny made real-time on a CPU: ResNet-18 at 3/4 width, depthwise-separable head / neck "
-                    "convs and feature alignment, P3-P5, fast mask path",
-        backbone=replace(tiny.backbone, base_channels=TINY_RT_BASE_CHANNELS),
-        neck=replace(tiny.neck, num_outs=TINY_RT_LEVELS, separable=True),
-        head=replace(tiny.head, strides=FPN_STRIDES[:TINY_RT_LEVELS], separable_towers=True,
+        name="tiny",
+        description="real-time on a CPU: ResNet-18 at 3/4 width, depthwise-separable head / neck "
+                    "convs and feature alignment, P3-P5, fast mask path, about 320 px",
+        backbone=replace(tiny.backbone, base_channels=TINY_BASE_CHANNELS),
+        neck=replace(tiny.neck, num_outs=TINY_LEVELS, separable=True),
+        head=replace(tiny.head, strides=FPN_STRIDES[:TINY_LEVELS], separable_towers=True,
                      separable_predictors=True, separable_align=True),
-        loss=replace(tiny.loss, regress_ranges=regress_ranges(TINY_RT_LEVELS)),
-        test=replace(tiny.test, nms_pre=TINY_RT_NMS_PRE, mask_path="fast"),
+        loss=replace(tiny.loss, regress_ranges=regress_ranges(TINY_LEVELS)),
+        test=replace(tiny.test, nms_pre=TINY_NMS_PRE, mask_path="fast"),
     )
 
 
@@ -581,7 +583,7 @@ PRESETS: dict[str, SipMaskConfig] = {
         _vis("vis_r50_1x", "official VIS R50 360x640 1x with tracking branch (YouTube-VIS 2019 mask AP 32.5)", ((640, 360),)),
         _vis("vis_r50_ms_1x", "official VIS R50 360x640 multi-scale 1x with tracking branch (33.7)", ((649, 360), (960, 480))),
         _tiny(),
-        _tiny_rt(),
+        _tiny_classic(),
         _tiny_vis(),
     )
 }

@@ -20,11 +20,11 @@ VIS_TEST_SCALE = (128, 96)
 def save_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     """Random-weight `tiny` with 3 classes; the box regression is made to give boxes of a few strides."""
     torch.manual_seed(seed)
-    model = sipmask.build_model("tiny", num_classes=3, input__test_scale=TEST_SCALE).eval()
+    model = sipmask.build_model("tiny_classic", num_classes=3, input__test_scale=TEST_SCALE).eval()
     with torch.no_grad():
         model.head.bbox_pred.bias.fill_(2.0)  # boxes about 4 strides wide instead of points
     classes = [{"id": i, "name": n} for i, n in zip(CATEGORY_IDS, CLASS_NAMES)]
-    return save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "classes": classes,
+    return save_checkpoint({"preset": "tiny_classic", "config": model.cfg.to_dict(), "classes": classes,
                             "model": model.state_dict()}, path)
 
 

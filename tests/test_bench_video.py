@@ -25,7 +25,7 @@ def test_video_model_bench_reports_the_tracking_branch_and_the_trackers():
 
 
 def test_image_model_bench_has_no_tracking_rows():
-    report = run_benchmark(BenchOptions(config="tiny", size=128, device="cpu", runs=1, warmup=0, threads=1,
+    report = run_benchmark(BenchOptions(config="tiny_classic", size=128, device="cpu", runs=1, warmup=0, threads=1,
                                         detections=20, maskrcnn=False))
     assert "tracking_branch" not in report["median_s"] and report["tracker_ms_per_frame"] is None
 

@@ -44,11 +44,11 @@ def _one_line_error(argv: list[str], capsys, code: int = 2) -> str:
 ])
 def test_override_of_wrong_type_is_a_config_error(key, value, expected):
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("(", r"\(")):
-        get_preset("tiny").with_overrides(**{key: value})
+        get_preset("tiny_classic").with_overrides(**{key: value})
 
 
 def test_overrides_of_the_right_type_are_converted():
-    cfg = get_preset("tiny").with_overrides(
+    cfg = get_preset("tiny_classic").with_overrides(
         input__train_scales=[[640, 384]], loss__focal_gamma=1, head__tower_conv_bias=None, head__grid=9,
         backbone__dcn_stages=[True, False, False, False], num_classes=3, test__nms="fast")
     assert cfg.input.train_scales == ((640, 384),)
@@ -60,7 +60,7 @@ def test_overrides_of_the_right_type_are_converted():
 # ---- train ---------------------------------------------------------------------------------------------------
 
 def _train(out, *extra) -> list[str]:
-    return ["train", "--config", "tiny", "--train-images", "no_images", "--train-ann", "no_ann.json",
+    return ["train", "--config", "tiny_classic", "--train-images", "no_images", "--train-ann", "no_ann.json",
             "--out", str(out), "--iters", "4", "--workers", "0", "--no-progress", *extra]
 
 
@@ -99,7 +99,7 @@ def test_library_train_refuses_an_existing_run_too(tmp_path):
 
     (tmp_path / "last.pth").write_bytes(b"iteration 4")
     with pytest.raises(ConfigError, match="already holds a training run"):
-        train(TrainOptions(config="tiny", train_images=str(tmp_path), train_ann=str(tmp_path / "absent.json"),
+        train(TrainOptions(config="tiny_classic", train_images=str(tmp_path), train_ann=str(tmp_path / "absent.json"),
                            out=str(tmp_path)))
     assert (tmp_path / "last.pth").read_bytes() == b"iteration 4"
 
@@ -120,12 +120,12 @@ def test_train_out_that_is_a_file_is_one_line(tmp_path, capsys, sub):
     ("--runs", "x"),
 ])
 def test_bench_rejects_bad_counts_at_parsing(capsys, flag, value):
-    line = _usage_error(["bench", "--config", "tiny", flag, value], capsys)
+    line = _usage_error(["bench", "--config", "tiny_classic", flag, value], capsys)
     assert f"argument {flag}" in line and repr(value) in line
 
 
 def test_bench_too_few_detections_is_one_line(capsys):
-    err = _one_line_error(["bench", "--config", "tiny", "--size", "64", "--no-maskrcnn", "--runs", "1",
+    err = _one_line_error(["bench", "--config", "tiny_classic", "--size", "64", "--no-maskrcnn", "--runs", "1",
                            "--warmup", "0", "--threads", "1", "--detections", "1000"], capsys)
     assert "not the forced 1000" in err and "larger --size or fewer --detections" in err
 
@@ -153,7 +153,7 @@ def test_failed_export_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatc
     path = tmp_path / "m.onnx"
     path.write_bytes(b"earlier export")
     with pytest.raises(RuntimeError, match="exporter failed"):
-        onnx_export.export_onnx(sipmask.build_model("tiny", num_classes=3), path, size=64)
+        onnx_export.export_onnx(sipmask.build_model("tiny_classic", num_classes=3), path, size=64)
     assert path.read_bytes() == b"earlier export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
@@ -171,7 +171,7 @@ def test_export_writes_through_a_renamed_temporary_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_export, "_export", fake_export)
     path = tmp_path / "m.onnx"
-    assert onnx_export.export_onnx(sipmask.build_model("tiny", num_classes=3), path, size=64) == path
+    assert onnx_export.export_onnx(sipmask.build_model("tiny_classic", num_classes=3), path, size=64) == path
     assert seen[0] != path and seen[0].parent == path.parent
     assert path.read_bytes() == b"onnx" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 

@@ -88,11 +88,11 @@ def _image(path):
 def test_missing_gpu_is_one_line_before_any_work(verb, no_cuda, checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     argv = {
-        "train": ["train", "--config", "tiny", "--train-images", str(tmp_path), "--train-ann", str(tmp_path / "a.json"),
+        "train": ["train", "--config", "tiny_classic", "--train-images", str(tmp_path), "--train-ann", str(tmp_path / "a.json"),
                   "--out", str(out)],
         "eval": ["eval", "--checkpoint", str(checkpoint), "--images", str(tmp_path), "--ann", str(tmp_path / "a.json")],
         "predict": ["predict", "--checkpoint", str(checkpoint), str(_image(tmp_path / "x.png")), "--out", str(out)],
-        "bench": ["bench", "--config", "tiny"],
+        "bench": ["bench", "--config", "tiny_classic"],
         "export": ["export", "--checkpoint", str(checkpoint), "--out", str(out / "m.onnx")],
         "demo": ["demo", "--out", str(out)],
     }[verb]
@@ -131,9 +131,9 @@ def test_bench_no_progress_drops_the_run_lines(monkeypatch, capsys):
 
     monkeypatch.setattr(benchmark, "run_benchmark", fake)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["bench", "--config", "tiny"]) == 2
+    assert main(["bench", "--config", "tiny_classic"]) == 2
     assert seen["device"] == "cpu" and "run 1/1" in capsys.readouterr().err  # auto -> cpu here
-    assert main(["bench", "--config", "tiny", "--no-progress"]) == 2
+    assert main(["bench", "--config", "tiny_classic", "--no-progress"]) == 2
     assert seen["progress"] is None and "run 1/1" not in capsys.readouterr().err
 
 

@@ -22,7 +22,7 @@ def data(tmp_path_factory):
 
 
 def _train_args(images, ann, out, *extra):
-    return ["train", "--config", "tiny", "--train-images", str(images), "--train-ann", str(ann), "--out", str(out),
+    return ["train", "--config", "tiny_classic", "--train-images", str(images), "--train-ann", str(ann), "--out", str(out),
             "--iters", "4", "--batch-size", "2", "--workers", "0", "--no-progress", *SMALL_OVERRIDES, *extra]
 
 

@@ -113,7 +113,7 @@ class OracleModel:
     """Predicts the ground truth of the image it is shown (found by pixel equality); continuous box
     convention (as `tiny`), so its boxes export to the ground-truth [x, y, w, h] exactly."""
 
-    cfg = get_preset("tiny")
+    cfg = get_preset("tiny_classic")
 
     def __init__(self, paths, gt):
         self.by_bytes = {}

@@ -51,11 +51,11 @@ def test_override_with_an_unknown_name_lists_the_allowed_values(path):
     allowed = NAME_CHOICES[path]
     key = _override_key(path)
     with pytest.raises(ConfigError) as info:
-        get_preset("tiny").with_overrides(**{key: "xyz"})
+        get_preset("tiny_classic").with_overrides(**{key: "xyz"})
     message = str(info.value)
     assert message == f"override {key}: {path} must be one of {', '.join(map(repr, allowed))}; got 'xyz'"
     for value in allowed:  # and each allowed value is taken
-        cfg = get_preset("tiny").with_overrides(**{key: value})
+        cfg = get_preset("tiny_classic").with_overrides(**{key: value})
         section, field = path.split(".")
         assert getattr(getattr(cfg, section), field) == value
 
@@ -66,7 +66,7 @@ def test_unknown_names_in_a_config_dict_are_refused():
     data["input"]["channel_order"] = "xyz"
     with pytest.raises(ConfigError, match=r"input.channel_order must be one of 'rgb', 'bgr'; got 'xyz'"):
         SipMaskConfig.from_dict(data)
-    cfg = get_preset("tiny")
+    cfg = get_preset("tiny_classic")
     with pytest.raises(ConfigError, match=r"source must be one of 'mm', 'bm', 'vis', 'none'; got 'mmdet'"):
         dataclasses.replace(cfg, source="mmdet")
     with pytest.raises(ConfigError, match=r"train.warmup must be one of 'constant', 'linear', 'none'; got 'cosine'"):
@@ -77,7 +77,7 @@ def test_checkpoint_with_an_unknown_name_is_a_checkpoint_error():
     from sipmask.checkpoint.format import config_from_checkpoint
     from sipmask.errors import CheckpointError
 
-    data = get_preset("tiny").to_dict()
+    data = get_preset("tiny_classic").to_dict()
     data["test"]["nms"] = "soft"
     with pytest.raises(CheckpointError, match=r"ck.pth: its config is not valid \(test.nms must be one of 'multiclass', 'fast'; got 'soft'\)"):
         config_from_checkpoint({"config": data}, "ck.pth")
@@ -92,7 +92,7 @@ def test_checkpoint_with_an_unknown_name_is_a_checkpoint_error():
     ("backbone__style=timm", "backbone.style must be one of 'caffe', 'pytorch'; got 'timm'"),
 ])
 def test_train_set_with_an_unknown_name_is_one_line_before_any_work(tmp_path, capsys, setting, expected):
-    argv = ["train", "--config", "tiny", "--train-images", str(tmp_path), "--train-ann", str(tmp_path / "a.json"),
+    argv = ["train", "--config", "tiny_classic", "--train-images", str(tmp_path), "--train-ann", str(tmp_path / "a.json"),
             "--out", str(tmp_path / "run"), "--iters", "2", "--no-progress", "--device", "cpu", "--set", setting]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -303,18 +303,18 @@ def test_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path):
 
 def test_sipmask_checkpoint_is_not_converted_again(tmp_path):
     path = tmp_path / "ours.pth"
-    torch.save({"format": "sipmask-checkpoint", "config": get_preset("tiny").to_dict(), "classes": [], "model": {}}, path)
+    torch.save({"format": "sipmask-checkpoint", "config": get_preset("tiny_classic").to_dict(), "classes": [], "model": {}}, path)
     with pytest.raises(CheckpointError, match="already a sipmask checkpoint"):
         convert_official(path)
 
 
 def test_load_checkpoint_reads_a_trained_checkpoint(tmp_path):
 
-    model = SipMask(get_preset("tiny").with_overrides(num_classes=2))
-    path = save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "model": model.state_dict(),
+    model = SipMask(get_preset("tiny_classic").with_overrides(num_classes=2))
+    path = save_checkpoint({"preset": "tiny_classic", "config": model.cfg.to_dict(), "model": model.state_dict(),
                             "classes": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, tmp_path / "t.pth")
     loaded, meta = load_checkpoint(path)
-    assert meta["preset"] == "tiny" and meta["classes"][1]["name"] == "b" and not loaded.training
+    assert meta["preset"] == "tiny_classic" and meta["classes"][1]["name"] == "b" and not loaded.training
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
 
@@ -346,11 +346,11 @@ def test_directory_and_non_torch_files_are_named(tmp_path):
 
 
 def test_trained_checkpoint_that_does_not_fit_names_the_tensors(tmp_path):
-    model = SipMask(get_preset("tiny").with_overrides(num_classes=2))
+    model = SipMask(get_preset("tiny_classic").with_overrides(num_classes=2))
     weights = model.state_dict()
     del weights["head.bbox_pred.bias"]
     weights["head.cls_logits.weight"] = weights["head.cls_logits.weight"][:1]
-    path = save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "model": weights,
+    path = save_checkpoint({"preset": "tiny_classic", "config": model.cfg.to_dict(), "model": weights,
                             "classes": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}, tmp_path / "t.pth")
     expected = (r"t\.pth: weights do not fit .*missing: head\.bbox_pred\.bias; "
                 r"shape differs: head\.cls_logits\.weight \(1, .*\) vs \(2, ")
@@ -366,8 +366,8 @@ def test_trained_checkpoint_that_does_not_fit_names_the_tensors(tmp_path):
 def test_checkpoint_classes_that_do_not_fit_are_refused(tmp_path, classes, message):
     from sipmask.inference.predictor import Predictor
 
-    model = SipMask(get_preset("tiny").with_overrides(num_classes=2))
-    path = save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "model": model.state_dict(),
+    model = SipMask(get_preset("tiny_classic").with_overrides(num_classes=2))
+    path = save_checkpoint({"preset": "tiny_classic", "config": model.cfg.to_dict(), "model": model.state_dict(),
                             "classes": classes}, tmp_path / "t.pth")
     with pytest.raises(CheckpointError, match=message):
         Predictor.from_checkpoint(path, device="cpu")

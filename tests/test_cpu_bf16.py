@@ -52,7 +52,7 @@ def trained():
     image, masks = touching_objects()
     target = {"boxes": torch.tensor([box_of(m) for m in masks], dtype=torch.float32),
               "labels": torch.zeros(2, dtype=torch.long), "masks": torch.from_numpy(masks.astype(np.uint8))}
-    model = sipmask.build_model("tiny", num_classes=1, input__test_scale=(SIZE, SIZE)).train()
+    model = sipmask.build_model("tiny_classic", num_classes=1, input__test_scale=(SIZE, SIZE)).train()
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     x = torch.from_numpy(image).permute(2, 0, 1).float()
     for _ in range(TRAIN_STEPS):
@@ -182,7 +182,7 @@ def test_fallback_warns_once_and_runs_float32(trained, monkeypatch):
 
 
 def test_bf16_option_errors():
-    model = sipmask.build_model("tiny", num_classes=1)
+    model = sipmask.build_model("tiny_classic", num_classes=1)
     with pytest.raises(ValueError, match="bf16 is a CPU option"):
         model.for_inference("cuda", bf16=True)  # (refused before the model moves: no GPU needed)
     with pytest.raises(ValueError, match="torch backend"):
@@ -202,7 +202,7 @@ def test_cli_train_amp_on_the_cpu(data, tmp_path, monkeypatch, native):
     one warning where the CPU has no bfloat16 (the CLI prints it as one line, see test_cli_warnings)."""
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     out = tmp_path / "run"
-    argv = ["train", "--config", "tiny", "--train-images", str(data["train_images"]), "--train-ann",
+    argv = ["train", "--config", "tiny_classic", "--train-images", str(data["train_images"]), "--train-ann",
             str(data["train_ann"]), "--out", str(out), "--iters", "2", "--batch-size", "2", "--workers", "0",
             "--device", "cpu", "--amp", "--no-progress", *SMALL_OVERRIDES]
     with warnings.catch_warnings(record=True) as caught:
@@ -264,8 +264,8 @@ def test_cli_eval_bf16(data, tmp_path, monkeypatch):
 
     categories = json.loads(data["val_ann"].read_text())["categories"]
     torch.manual_seed(0)
-    model = sipmask.build_model("tiny", num_classes=len(categories), input__test_scale=(128, 96))
-    checkpoint = save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "model": model.state_dict(),
+    model = sipmask.build_model("tiny_classic", num_classes=len(categories), input__test_scale=(128, 96))
+    checkpoint = save_checkpoint({"preset": "tiny_classic", "config": model.cfg.to_dict(), "model": model.state_dict(),
                                   "classes": [{"id": c["id"], "name": c["name"]} for c in categories]},
                                  tmp_path / "tiny.pth")
     argv = ["eval", "--checkpoint", str(checkpoint), "--images", str(data["val_images"]), "--ann", str(data["val_ann"]),

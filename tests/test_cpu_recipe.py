@@ -18,7 +18,7 @@ from sipmask.train.trainer import build_optimizer
 
 
 def test_gn_backbone_has_group_norms_only_and_trains_in_eval_free_mode():
-    cfg = get_preset("tiny").with_overrides(backbone__norm="gn", num_classes=2)
+    cfg = get_preset("tiny_classic").with_overrides(backbone__norm="gn", num_classes=2)
     backbone = build_model(cfg).backbone
     norms = [m for m in backbone.modules() if isinstance(m, (nn.GroupNorm, nn.modules.batchnorm._NormBase))]
     assert norms and all(isinstance(m, nn.GroupNorm) and m.num_groups == GN_GROUPS for m in norms)
@@ -32,11 +32,19 @@ def test_gn_backbone_has_group_norms_only_and_trains_in_eval_free_mode():
     for a, b in zip(train_out, eval_out):
         torch.testing.assert_close(a, b)
     with pytest.raises(ConfigError, match="backbone.norm"):
-        get_preset("tiny").with_overrides(backbone__norm="ln")
+        get_preset("tiny_classic").with_overrides(backbone__norm="ln")
+
+
+def test_gn_backbone_of_the_narrow_tiny_uses_groups_that_divide_its_channels():
+    """`tiny`'s ResNet-18 at width 48 has 48-channel stages, which 32 groups do not divide: 16 there."""
+    backbone = build_model("tiny", num_classes=2, backbone__norm="gn").backbone
+    groups = {m.num_channels: m.num_groups for m in backbone.modules() if isinstance(m, nn.GroupNorm)}
+    assert groups == {48: 16, 96: GN_GROUPS, 192: GN_GROUPS, 384: GN_GROUPS}
+    assert [out.shape[1] for out in backbone(torch.randn(1, 3, 64, 64))] == [48, 96, 192, 384]
 
 
 def test_adamw_decays_weights_but_not_biases_or_norms():
-    cfg = get_preset("tiny").with_overrides(train__optimizer="adamw", train__weight_decay=0.05, num_classes=2)
+    cfg = get_preset("tiny_classic").with_overrides(train__optimizer="adamw", train__weight_decay=0.05, num_classes=2)
     model = build_model(cfg)
     opt = build_optimizer(model, cfg.train, 1e-3)
     assert isinstance(opt, torch.optim.AdamW)
@@ -46,12 +54,12 @@ def test_adamw_decays_weights_but_not_biases_or_norms():
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(decayed["params"]) + len(kept["params"]) == len(trainable)
     assert all(g["base_lr"] == 1e-3 for g in opt.param_groups)
-    sgd = build_optimizer(model, get_preset("tiny").train, 0.01)
+    sgd = build_optimizer(model, get_preset("tiny_classic").train, 0.01)
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[1]["lr"] == pytest.approx(0.02)  # official bias x2
 
 
 def test_cosine_schedule_over_iterations():
-    cfg = replace(get_preset("tiny").train, lr_policy="cosine", min_lr_ratio=0.05, warmup="linear",
+    cfg = replace(get_preset("tiny_classic").train, lr_policy="cosine", min_lr_ratio=0.05, warmup="linear",
                   warmup_iters=10, warmup_ratio=0.1)
     s = make_schedule(cfg, iters_per_epoch=10, iters=101)
     assert s.factor(0) == pytest.approx(0.1)  # warm-up scales the decayed lr
@@ -62,7 +70,7 @@ def test_cosine_schedule_over_iterations():
 
 
 def test_cosine_schedule_over_a_budget_reaches_its_floor_at_the_end_of_training():
-    cfg = replace(get_preset("tiny").train, lr_policy="cosine", min_lr_ratio=0.0, warmup="none")
+    cfg = replace(get_preset("tiny_classic").train, lr_policy="cosine", min_lr_ratio=0.0, warmup="none")
     s = make_time_schedule(cfg, budget_s=130.0, start_s=10.0, reserve_s=20.0)  # training 10 s -> 110 s
     assert s.factor(0, 10.0) == 1.0
     assert s.factor(500, 60.0) == pytest.approx(0.5)
@@ -74,7 +82,7 @@ def test_cosine_schedule_over_a_budget_reaches_its_floor_at_the_end_of_training(
 def _initial_mask_logit_std(basis_init: str) -> float:
     """Std of the mask logits (basis . coefficients) of a freshly built tiny head on a random image."""
     torch.manual_seed(0)
-    model = build_model(get_preset("tiny").with_overrides(head__basis_init=basis_init, num_classes=3)).eval()
+    model = build_model(get_preset("tiny_classic").with_overrides(head__basis_init=basis_init, num_classes=3)).eval()
     with torch.no_grad():
         out = model.head(model.neck(model.backbone(torch.rand(1, 3, 160, 160) * 2 - 1)))
     coefs = out.coefs[0][0].flatten(1).T.reshape(-1, model.cfg.head.grid ** 2, model.cfg.head.num_bases)  # [P, k*k, K]
@@ -118,7 +126,7 @@ def test_mask_weight_scales_only_the_mask_loss():
     losses = {}
     for weight in (1.0, 3.0):
         torch.manual_seed(0)
-        model = build_model(get_preset("tiny").with_overrides(loss__mask_weight=weight, num_classes=1)).train()
+        model = build_model(get_preset("tiny_classic").with_overrides(loss__mask_weight=weight, num_classes=1)).train()
         losses[weight] = {k: float(v) for k, v in model([x], [target]).items()}
     assert losses[1.0]["loss_mask"] > 0
     assert losses[3.0]["loss_mask"] == pytest.approx(3.0 * losses[1.0]["loss_mask"], rel=1e-5)
@@ -160,7 +168,7 @@ def test_mask_crop_gt_learns_from_the_gt_box_while_the_predicted_box_is_wrong():
     loss, _ = mask_alignment_loss(basis, _mask_loss_inputs(wrong), 1, 2, weighted=True, plus_one=False, crop="gt")
     assert float(loss) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ConfigError, match="loss.mask_crop"):
-        get_preset("tiny").with_overrides(loss__mask_crop="box")
+        get_preset("tiny_classic").with_overrides(loss__mask_crop="box")
 
 
 def test_kaiming_backbone_init_starts_every_residual_block_as_the_identity():
@@ -169,7 +177,7 @@ def test_kaiming_backbone_init_starts_every_residual_block_as_the_identity():
     from sipmask.model.backbone import BasicBlock
 
     torch.manual_seed(0)
-    backbone = build_model(get_preset("tiny").with_overrides(backbone__init="kaiming", num_classes=2)).backbone
+    backbone = build_model(get_preset("tiny_classic").with_overrides(backbone__init="kaiming", num_classes=2)).backbone
     blocks = [m for m in backbone.modules() if isinstance(m, BasicBlock)]
     assert len(blocks) == 8 and all(float(b.bn2.weight.abs().sum()) == 0.0 for b in blocks)
     conv = backbone.layer3[1].conv1  # 3x3, 256 -> 256: fan-out 2304, He std sqrt(2 / 2304)
@@ -178,8 +186,8 @@ def test_kaiming_backbone_init_starts_every_residual_block_as_the_identity():
     x = torch.randn(1, 128, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(block(x), torch.relu(x))
-    default = build_model(get_preset("tiny").with_overrides(num_classes=2)).backbone
+    default = build_model(get_preset("tiny_classic").with_overrides(num_classes=2)).backbone
     assert float(default.layer2[1].bn2.weight.min()) == 1.0
     assert float(default.layer3[1].conv1.weight.std()) < 0.7 * math.sqrt(2.0 / (9 * 256))
     with pytest.raises(ConfigError, match="backbone.init"):
-        get_preset("tiny").with_overrides(backbone__init="xavier")
+        get_preset("tiny_classic").with_overrides(backbone__init="xavier")

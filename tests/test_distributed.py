@@ -61,7 +61,7 @@ def _run(cmd: list[str], timeout: float = 240) -> tuple[int, str, float]:
     return proc.returncode, err, time.monotonic() - start
 
 
-def _train_args(data: dict[str, Path], iters: int, *extra: str, config: str = "tiny") -> list[str]:
+def _train_args(data: dict[str, Path], iters: int, *extra: str, config: str = "tiny_classic") -> list[str]:
     return ["-m", "sipmask", "train", "--config", config, "--train-images", str(data["train_images"]),
             "--train-ann", str(data["train_ann"]), "--iters", str(iters), "--batch-size", str(TOTAL_BATCH),
             "--workers", "0", "--log-every", "1", "--no-progress", "--device", "cpu", "--seed", str(SEED),

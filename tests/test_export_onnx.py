@@ -33,7 +33,7 @@ def test_graph_has_deform_conv_and_metadata(exported):
     assert any(node.op_type == "DeformConv" for node in model.graph.node)
     assert [o.name for o in model.graph.output] == output_names(5)
     meta = {p.key: p.value for p in model.metadata_props}
-    assert json.loads(meta[CONFIG_KEY])["name"] == "tiny"
+    assert json.loads(meta[CONFIG_KEY])["name"] == "tiny_classic"
 
 
 @pytest.mark.parametrize("shape", [(90, 130, 3), (200, 75, 3)])  # two padded input sizes: dynamic H, W
@@ -77,7 +77,7 @@ def test_onnx_of_another_model_is_refused(exported, tmp_path):
 
 
 def test_fast_mask_path_model_exports_its_stride8_basis():
-    """A model on the fast mask path (tiny_rt) exports the stride-8 basis too, so that ONNX Runtime
+    """A model on the fast mask path (tiny) exports the stride-8 basis too, so that ONNX Runtime
     results take the same mask path as PyTorch's (and its depthwise DeformConv maps to ONNX)."""
     import torch
 
@@ -85,7 +85,7 @@ def test_fast_mask_path_model_exports_its_stride8_basis():
     from sipmask.model.detector import build_model
 
     torch.manual_seed(0)
-    model = build_model("tiny_rt", num_classes=3).eval()
+    model = build_model("tiny", num_classes=3).eval()
     onnx_model = export_onnx_bytes(model, 128)
     assert OnnxNetwork(onnx_model).session.get_outputs()[-1].name == "basis_coarse"
     assert [o.name for o in OnnxNetwork(onnx_model).session.get_outputs()] == output_names(3, basis_coarse=True)

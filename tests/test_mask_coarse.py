@@ -120,7 +120,7 @@ def test_head_basis_is_the_upsampled_coarse_basis():
     import sipmask
 
     torch.manual_seed(0)
-    model = sipmask.build_model("tiny", num_classes=2).eval()
+    model = sipmask.build_model("tiny_classic", num_classes=2).eval()
     with torch.no_grad():
         out = model([torch.rand(3, 96, 128) * 255])
     assert out.basis_coarse.shape == (1, 32, 12, 16)

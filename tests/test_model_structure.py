@@ -48,14 +48,14 @@ def test_official_parameter_counts(name):
 
 def test_every_preset_builds_and_is_described():
     names = [c.name for c in list_presets()]
-    assert set(OFFICIAL_PARAMS) | {"tiny", "tiny_rt", "tiny_vis"} <= set(names)
+    assert set(OFFICIAL_PARAMS) | {"tiny_classic", "tiny", "tiny_vis"} <= set(names)
     assert all(c.description for c in list_presets())
 
 
 @pytest.mark.parametrize("grid", [1, 2, 3, 4])
 def test_grid_sets_coefficient_channels(grid):
     with torch.device("meta"):
-        model = sipmask.build_model("tiny", num_classes=3, head__grid=grid)
+        model = sipmask.build_model("tiny_classic", num_classes=3, head__grid=grid)
     assert model.head.coef_conv.out_channels == grid * grid * 32
     assert model.head.cls_logits.out_channels == 3
 
@@ -64,9 +64,9 @@ def test_bad_overrides_are_named():
     with pytest.raises(ConfigError, match="unknown config"):
         sipmask.build_model("r50_nonexistent")
     with pytest.raises(ConfigError, match="no field 'gird'"):
-        sipmask.build_model("tiny", head__gird=2)
+        sipmask.build_model("tiny_classic", head__gird=2)
     with pytest.raises(ConfigError, match="grid must be >= 1"):
-        sipmask.build_model("tiny", head__grid=0)
+        sipmask.build_model("tiny_classic", head__grid=0)
 
 
 def test_config_round_trip():
@@ -105,7 +105,7 @@ def test_imagenet_weights_load_from_torchvision_format(tmp_path):
     reference = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
-    model = sipmask.build_model("tiny", num_classes=2)
+    model = sipmask.build_model("tiny_classic", num_classes=2)
     load_imagenet_weights(model.backbone, path)
     torch.testing.assert_close(model.backbone.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
     torch.testing.assert_close(model.backbone.bn1.running_var, reference.bn1.running_var)
@@ -114,7 +114,7 @@ def test_imagenet_weights_load_from_torchvision_format(tmp_path):
 def test_imagenet_weights_wrong_file_is_named(tmp_path):
     from sipmask.errors import CheckpointError
 
-    model = sipmask.build_model("tiny", num_classes=2)
+    model = sipmask.build_model("tiny_classic", num_classes=2)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pth"):
         load_imagenet_weights(model.backbone, tmp_path / "junk.pth")
@@ -143,7 +143,7 @@ def _toy_batch(size: int = 96):
 )
 def test_ablation_switches_train(overrides):
     torch.manual_seed(0)
-    model = sipmask.build_model("tiny", num_classes=2, **overrides).train()
+    model = sipmask.build_model("tiny_classic", num_classes=2, **overrides).train()
     torch.nn.init.constant_(model.head.bbox_pred.bias, 2.0)  # boxes with area: the mask loss engages
     images, targets = _toy_batch()
     losses = model(images, targets)

@@ -60,7 +60,7 @@ def test_without_a_runtime_the_call_runs_inline(monkeypatch):
 
 def test_serial_postprocess_gives_the_same_detections():
     torch.manual_seed(0)
-    model = build_model("tiny", num_classes=3)
+    model = build_model("tiny_classic", num_classes=3)
     image = np.random.default_rng(0).integers(0, 256, (200, 260, 3), dtype=np.uint8)
     serial, inline = model.for_inference(serial_postprocess=True), model.for_inference()
     assert serial.serial_postprocess and not inline.serial_postprocess and not model.serial_postprocess

@@ -35,7 +35,7 @@ def test_overfits_two_touching_objects():
         "labels": torch.zeros(2, dtype=torch.long),
         "masks": torch.from_numpy(masks.astype(np.uint8)),
     }
-    model = sipmask.build_model("tiny", num_classes=1, input__test_scale=(SIZE, SIZE)).train()
+    model = sipmask.build_model("tiny_classic", num_classes=1, input__test_scale=(SIZE, SIZE)).train()
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     x = torch.from_numpy(image).permute(2, 0, 1).float()
     first = None

@@ -11,7 +11,7 @@ import sipmask
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return sipmask.build_model("tiny", num_classes=4).eval()
+    return sipmask.build_model("tiny_classic", num_classes=4).eval()
 
 
 def _images():
@@ -97,6 +97,34 @@ def test_benchmark_presets_resize_like_fcos_core():
     assert test_geometry(300, 3000, get_preset("bm_r50_1x").input)[0] == (133, 1330)
 
 
+def test_inference_models_fold_batch_norms_into_their_convs():
+    """for_inference folds each BatchNorm of the backbone into its conv (same features up to float
+    rounding), leaves the caller's model as it was, and keeps GroupNorm backbones as they are."""
+    torch.manual_seed(0)
+    model = sipmask.build_model("tiny", num_classes=3)
+    for m in model.backbone.modules():  # statistics and affine terms far from identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    fast = model.for_inference()
+    assert norms > 0 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.backbone.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules()) == norms  # a copy
+    x = torch.randn(1, 3, 128, 160)
+    with torch.no_grad():
+        ref, got = model.features(x), fast.features(x.contiguous(memory_format=torch.channels_last))
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+    gn = sipmask.build_model("tiny", num_classes=3, backbone__norm="gn").for_inference()
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in gn.backbone.modules()) > 0
+    training = sipmask.build_model("tiny", num_classes=3).backbone
+    with pytest.raises(ValueError, match="eval mode"):
+        training.fold_batch_norms()
+
+
 def test_for_inference_copies_unless_in_place(model):
     """for_inference: a channels-last eval copy on the CPU with the same results; inplace converts the model itself."""
     model.train()
@@ -112,7 +140,7 @@ def test_for_inference_copies_unless_in_place(model):
         torch.testing.assert_close(got["boxes"], ref["boxes"], atol=1e-3, rtol=0)
         with pytest.raises(ValueError, match="half precision"):
             model.for_inference(half=True)
-        other = sipmask.build_model("tiny", num_classes=4)
+        other = sipmask.build_model("tiny_classic", num_classes=4)
         assert other.for_inference(channels_last=False, inplace=True) is other and not other.channels_last
     finally:
         model.eval()

@@ -160,7 +160,7 @@ def test_concurrent_calls_keep_the_thread_count_and_the_results(predictor, image
 def test_predictor_leaves_the_callers_model_unchanged():
     """Device, memory format, dtype, mode and parameters of the model handed in stay as they were."""
     torch.manual_seed(0)
-    model = sipmask.build_model("tiny", num_classes=3, input__test_scale=(160, 128)).train()
+    model = sipmask.build_model("tiny_classic", num_classes=3, input__test_scale=(160, 128)).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     formats = {k: v.is_contiguous() for k, v in model.state_dict().items()}
     dtypes = {k: v.dtype for k, v in model.state_dict().items()}

@@ -1,4 +1,4 @@
-"""Real-time network options (separable convs, fewer FPN levels, ResNet width) and the `tiny_rt` preset."""
+"""Real-time network options (separable convs, fewer FPN levels, ResNet width) and the real-time `tiny` preset (from `tiny_classic`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,7 +27,7 @@ def _targets(size: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
 
 def test_defaults_leave_tiny_unchanged():
     with torch.device("meta"):
-        model = sipmask.build_model("tiny")
+        model = sipmask.build_model("tiny_classic")
     assert sum(p.numel() for p in model.parameters()) == TINY_PARAMS
     assert not any(isinstance(m, SeparableConv2d) for m in model.modules())
     assert model.head.feature_align.pointwise is None and len(model.neck.extra_convs) == 2
@@ -43,7 +43,7 @@ def test_defaults_leave_tiny_unchanged():
 ])
 def test_option_builds_runs_forward_and_backward(overrides, levels):
     torch.manual_seed(0)
-    model = sipmask.build_model("tiny", num_classes=2, **overrides)
+    model = sipmask.build_model("tiny_classic", num_classes=2, **overrides)
     size = (96, 128)
     out = model([torch.rand(3, *size) * 255])
     assert len(out.cls_logits) == len(out.coefs) == len(out.distances) == levels
@@ -60,7 +60,7 @@ def test_option_builds_runs_forward_and_backward(overrides, levels):
 
 def test_separable_options_build_separable_layers():
     with torch.device("meta"):
-        model = sipmask.build_model("tiny", head__separable_towers=True, head__separable_predictors=True,
+        model = sipmask.build_model("tiny_classic", head__separable_towers=True, head__separable_predictors=True,
                                     head__separable_align=True, neck__separable=True, backbone__base_channels=48)
     head = model.head
     assert all(isinstance(layer.conv, SeparableConv2d) for layer in (*head.cls_tower, *head.reg_tower))
@@ -76,20 +76,20 @@ def test_separable_options_build_separable_layers():
 
 def test_levels_strides_and_ranges_must_agree():
     with pytest.raises(ConfigError, match="head.strides must be the strides of the 3 FPN levels"):
-        sipmask.build_model("tiny", neck__num_outs=3)
+        sipmask.build_model("tiny_classic", neck__num_outs=3)
     with pytest.raises(ConfigError, match="regress_ranges needs one range per FPN level"):
-        sipmask.build_model("tiny", neck__num_outs=3, head__strides=[8, 16, 32])
+        sipmask.build_model("tiny_classic", neck__num_outs=3, head__strides=[8, 16, 32])
     with pytest.raises(ConfigError, match="neck.num_outs must be 3 to 5"):
-        sipmask.build_model("tiny", neck__num_outs=2, head__strides=[8, 16], loss__regress_ranges=regress_ranges(2))
+        sipmask.build_model("tiny_classic", neck__num_outs=2, head__strides=[8, 16], loss__regress_ranges=regress_ranges(2))
     with pytest.raises(ConfigError, match="base_channels must be a positive multiple of 8"):
-        sipmask.build_model("tiny", backbone__base_channels=20)
+        sipmask.build_model("tiny_classic", backbone__base_channels=20)
     assert regress_ranges(3) == ((-1.0, 64.0), (64.0, 128.0), (128.0, 1e8))
-    assert regress_ranges(5) == get_preset("tiny").loss.regress_ranges
+    assert regress_ranges(5) == get_preset("tiny_classic").loss.regress_ranges
 
 
-def test_tiny_rt_preset():
-    cfg = get_preset("tiny_rt")
-    tiny = get_preset("tiny")
+def test_tiny_is_the_real_time_preset():
+    cfg = get_preset("tiny")
+    tiny = get_preset("tiny_classic")
     assert cfg.test.mask_path == "fast" and tiny.test.mask_path == "exact"
     assert cfg.neck.num_outs == 3 and cfg.head.strides == (8, 16, 32)
     assert cfg.head.separable_towers and cfg.head.separable_predictors and cfg.head.separable_align
@@ -98,9 +98,9 @@ def test_tiny_rt_preset():
     assert (cfg.input, cfg.train) == (tiny.input, tiny.train)
 
 
-def test_tiny_rt_predicts():
+def test_tiny_predicts():
     torch.manual_seed(0)
-    model = sipmask.build_model("tiny_rt", num_classes=3).eval()
+    model = sipmask.build_model("tiny", num_classes=3).eval()
     image = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
     (result,) = model.predict([image], score_thr=0.0)
     assert len(result["scores"]) == model.cfg.test.max_per_img

@@ -64,13 +64,13 @@ def _own_outputs(ckpt: Path, images: Path) -> dict[int, dict[str, torch.Tensor]]
 @pytest.mark.parametrize("source, preset, official", [
     ("mmdet", "mm_r50_ssd_gn_10x", True),  # mmdetection v1: xyxy2xywh adds 1
     ("benchmark", "bm_r50_1x", True),  # maskrcnn-benchmark: BoxList.convert("xywh") adds TO_REMOVE = 1
-    ("none", "tiny", False),  # modern: continuous widths
+    ("none", "tiny_classic", False),  # modern: continuous widths
 ])
 def test_eval_results_follow_the_preset_box_convention(tmp_path, source, preset, official):
     if source == "none":
-        model = SipMask(get_preset("tiny").with_overrides(num_classes=2))
+        model = SipMask(get_preset("tiny_classic").with_overrides(num_classes=2))
         classes = [{"id": 4, "name": "a"}, {"id": 9, "name": "b"}]
-        ckpt = save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "model": model.state_dict(),
+        ckpt = save_checkpoint({"preset": "tiny_classic", "config": model.cfg.to_dict(), "model": model.state_dict(),
                                 "classes": classes}, tmp_path / "tiny.pth")
     else:
         torch.save(make_fake_official_checkpoint(source, preset, seed=5), tmp_path / "official.pth")
@@ -99,14 +99,14 @@ def rescoring_run(tmp_path_factory):
     own outputs; the rescoring head's last bias is raised so that its IoU estimates are not all 0."""
     root = tmp_path_factory.mktemp("pp")
     torch.manual_seed(0)
-    model = SipMask(get_preset("tiny").with_overrides(num_classes=2, head__mask_rescoring=True))
+    model = SipMask(get_preset("tiny_classic").with_overrides(num_classes=2, head__mask_rescoring=True))
     assert model.head.rescoring is not None
     with torch.no_grad():
         for module in model.head.rescoring.modules():
             if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.bias is not None:
                 module.bias.add_(0.3)
     classes = [{"id": 4, "name": "a"}, {"id": 9, "name": "b"}]
-    ckpt = save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "model": model.state_dict(),
+    ckpt = save_checkpoint({"preset": "tiny_classic", "config": model.cfg.to_dict(), "model": model.state_dict(),
                             "classes": classes}, root / "pp.pth")
     images, ann = _dataset(root / "data", [4, 9])
     written = _eval(ckpt, images, ann, root)

@@ -28,7 +28,7 @@ EXPECTED = {
     "mm_pp_r101_dcn_ssd_6x": "score", "mm_pp_r101_dcn_ssd_gn_10x": "score",
     "bm_r50_1x": "prob", "bm_r101_ms_3x": "prob",
     "vis_r50_1x": "score", "vis_r50_ms_1x": "score",
-    "tiny": "prob", "tiny_rt": "prob", "tiny_vis": "prob",
+    "tiny_classic": "prob", "tiny": "prob", "tiny_vis": "prob",
 }
 
 
@@ -60,7 +60,7 @@ def test_every_preset_thresholds_the_official_quantity():
     assert {name: cfg.test.threshold_on for name, cfg in PRESETS.items()} == EXPECTED
 
 
-@pytest.mark.parametrize("name", ["mm_r50_gn_1x", "bm_r50_1x", "tiny", "mm_r50_ssd_6x", "mm_pp_r101_dcn_ssd_6x", "vis_r50_1x"])
+@pytest.mark.parametrize("name", ["mm_r50_gn_1x", "bm_r50_1x", "tiny_classic", "mm_r50_ssd_6x", "mm_pp_r101_dcn_ssd_6x", "vis_r50_1x"])
 def test_score_thr_applies_to_what_threshold_on_names(name):
     cfg = get_preset(name).test
     scores = _detect(cfg)["scores"]
@@ -92,7 +92,7 @@ def test_the_non_official_choice_works_for_every_nms(name, on):
 
 def test_unknown_threshold_on_is_a_config_error():
     with pytest.raises(ConfigError, match="test.threshold_on must be one of 'prob', 'score'"):
-        get_preset("tiny").with_overrides(test__threshold_on="centerness")
+        get_preset("tiny_classic").with_overrides(test__threshold_on="centerness")
 
 
 def _help(register) -> str:

@@ -159,7 +159,7 @@ def test_deterministic_by_seed(tmp_path):
 
 def test_loads_and_builds_a_training_batch(synth):
     _, paths = synth
-    cfg = get_preset("tiny")
+    cfg = get_preset("tiny_classic")
     ds = CocoDataset(paths["train_images"], paths["train_ann"], TrainTransform(cfg.input), seed=0)
     assert ds.label_to_cat_id == [c[0] for c in CATEGORIES] and ds.class_names == [c[1] for c in CATEGORIES]
     sampler = TrainBatchSampler(len(ds), total_batch=4, num_iters=1, seed=0)

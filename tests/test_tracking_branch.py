@@ -25,14 +25,14 @@ def _cell_map(height: int = 4, width: int = 6) -> torch.Tensor:
 def test_presets_are_video_models_iff_they_have_a_tracking_branch():
     assert get_preset("tiny_vis").is_video and get_preset("tiny_vis").head.track_channels == 128
     assert get_preset("vis_r50_1x").head.track_channels == 512 and get_preset("vis_r50_ms_1x").is_video
-    assert not get_preset("tiny").is_video and not get_preset("mm_r50_gn_1x").is_video
+    assert not get_preset("tiny_classic").is_video and not get_preset("mm_r50_gn_1x").is_video
     # tiny_vis is tiny plus the branch, at about 256 px and 20 detections a frame, nothing else
     assert get_preset("tiny_vis").with_overrides(
         head__track_channels=0, input__test_scale=(533, 320), input__train_scales=((533, 288), (533, 352)),
         test__max_per_img=50,
-    ).to_dict() | {"name": "tiny", "description": ""} == get_preset("tiny").to_dict() | {"description": ""}
+    ).to_dict() | {"name": "tiny_classic", "description": ""} == get_preset("tiny_classic").to_dict() | {"description": ""}
     with pytest.raises(ConfigError, match="track_channels must be >= 0"):
-        get_preset("tiny").with_overrides(head__track_channels=-1)
+        get_preset("tiny_classic").with_overrides(head__track_channels=-1)
 
 
 def test_branch_layout_shapes_and_official_init():
@@ -50,7 +50,7 @@ def test_branch_layout_shapes_and_official_init():
     feats = [torch.randn(2, 256, 64 // s, 96 // s) for s in (8, 16, 32, 64, 128)]
     with torch.no_grad():
         assert model.head.tracking(feats).shape == (2, 512, 8, 12)
-    assert sipmask.build_model("tiny").head.tracking is None
+    assert sipmask.build_model("tiny_classic").head.tracking is None
 
 
 def test_lookup_takes_the_cell_of_the_box_centre_and_clamps():
@@ -189,7 +189,7 @@ def test_video_targets_are_checked():
 
 
 def test_image_model_ignores_video_entries_and_has_no_embeddings():
-    model = sipmask.build_model("tiny", num_classes=2)
+    model = sipmask.build_model("tiny_classic", num_classes=2)
     images, targets = _video_batch()
     assert "loss_match" not in model(images, targets)
     assert "embeddings" not in model.eval().predict([np.zeros((40, 60, 3), np.uint8)], score_thr=0.0)[0]

@@ -41,7 +41,7 @@ def _schedule(start: dict) -> TimeSchedule:
 # -- the schedule -----------------------------------------------------------------------------
 
 def test_time_schedule_steps_at_the_preset_fractions_of_the_training_window():
-    cfg = replace(get_preset("tiny").train, warmup="linear", warmup_iters=100, warmup_ratio=0.1, epochs=12, lr_steps=(9, 11))
+    cfg = replace(get_preset("tiny_classic").train, warmup="linear", warmup_iters=100, warmup_ratio=0.1, epochs=12, lr_steps=(9, 11))
     s = make_time_schedule(cfg, budget_s=130.0, start_s=10.0, reserve_s=20.0)  # training from 10 s to 110 s
     assert (s.start_s, s.train_s) == (10.0, 110.0) and s.step_fractions == pytest.approx((0.75, 11 / 12))
     assert s.factor(0, 10.0) == pytest.approx(0.1)  # warm-up starts at the warm-up ratio
@@ -65,7 +65,7 @@ def test_time_schedule_steps_at_the_preset_fractions_of_the_training_window():
 def test_the_last_step_of_a_window_runs_at_the_bottom_even_when_longer_than_the_bottom():
     """A 12 s step in a 30 s window (tiny: the bottom is the last 2.5 s): the schedule is read at each
     step's expected end, and at the window's end for the last step that fits."""
-    s = make_time_schedule(replace(get_preset("tiny").train, warmup="none"), 30.0)
+    s = make_time_schedule(replace(get_preset("tiny_classic").train, warmup="none"), 30.0)
     assert s.step_time(0.0, 0.0) == 0.0  # the first step: nothing measured yet
     assert s.step_time(0.0, 12.0) == 12.0  # another 12 s step fits after it
     assert s.step_time(12.0, 12.0) == 30.0  # none fits after this one: it runs at the bottom
@@ -76,7 +76,7 @@ def test_the_last_step_of_a_window_runs_at_the_bottom_even_when_longer_than_the_
 def test_minutes_is_positive_and_excludes_iters_and_epochs(capsys):
     from sipmask.cli import main
 
-    base = ["train", "--config", "tiny", "--train-images", "x", "--train-ann", "x.json", "--out", "o"]
+    base = ["train", "--config", "tiny_classic", "--train-images", "x", "--train-ann", "x.json", "--out", "o"]
     for extra in (["--minutes", "0"], ["--minutes", "-1"], ["--minutes", "nan"], ["--minutes", "inf"],
                   ["--minutes", "1", "--iters", "5"], ["--minutes", "1", "--epochs", "2"]):
         with pytest.raises(SystemExit) as err:
@@ -94,7 +94,7 @@ def small_data(tmp_path_factory):
 
 def _train_cmd(data, out: Path, minutes: float, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "sipmask", "train", "--config", "tiny",
+        sys.executable, "-m", "sipmask", "train", "--config", "tiny_classic",
         "--train-images", str(data["train_images"]), "--train-ann", str(data["train_ann"]),
         "--out", str(out), "--minutes", str(minutes), "--batch-size", "2", "--workers", "1", "--seed", "3",
         "--log-every", "1", "--no-progress", *SMALL_OVERRIDES, *extra,

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_linear_warmup_and_steps():
-    cfg = replace(get_preset("tiny").train, warmup="linear", warmup_iters=10, warmup_ratio=0.1, epochs=12, lr_steps=(9, 11))
+    cfg = replace(get_preset("tiny_classic").train, warmup="linear", warmup_iters=10, warmup_ratio=0.1, epochs=12, lr_steps=(9, 11))
     s = make_schedule(cfg, iters_per_epoch=5)  # 60 iterations, steps at epochs 9 and 11
     assert s.total_iters == 60 and s.step_iters == (45, 55)
     assert s.factor(0) == pytest.approx(0.1)
@@ -46,8 +46,8 @@ def test_constant_warmup_and_iteration_budget_scales_the_steps():
 
 
 def test_official_parameter_groups():
-    model = build_model("tiny", num_classes=3)
-    groups = param_groups(model, get_preset("tiny").train, 0.01)
+    model = build_model("tiny_classic", num_classes=3)
+    groups = param_groups(model, get_preset("tiny_classic").train, 0.01)
     names = {id(p): n for n, p in model.named_parameters()}
     plain = {names[id(p)] for p in groups[0]["params"]}
     biases = {names[id(p)] for p in groups[1]["params"]}
@@ -58,7 +58,7 @@ def test_official_parameter_groups():
     assert "head.feature_align.norm.bias" in biases  # official regex misses FeatureAlign's `norm`
     assert "head.cls_logits.weight" in plain
     assert len(plain) + len(biases) == sum(p.requires_grad for p in model.parameters())
-    flat = param_groups(model, replace(get_preset("tiny").train, paramwise=False), 0.01)
+    flat = param_groups(model, replace(get_preset("tiny_classic").train, paramwise=False), 0.01)
     assert len(flat) == 1
 
 
@@ -71,7 +71,7 @@ def small_data(tmp_path_factory):
 
 def _train_cmd(data, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "sipmask", "train", "--config", "tiny",
+        sys.executable, "-m", "sipmask", "train", "--config", "tiny_classic",
         "--train-images", str(data["train_images"]), "--train-ann", str(data["train_ann"]),
         "--out", str(out), "--iters", "10", "--batch-size", "2", "--workers", "1", "--seed", "3",
         "--checkpoint-every", "2", "--log-every", "1", "--no-progress", *SMALL_OVERRIDES, *extra,
@@ -108,7 +108,7 @@ def test_killed_run_resumed_ends_with_equal_weights(small_data, tmp_path):
     for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
     # the checkpoint describes itself
-    assert a["preset"] == "tiny" and a["config"]["head"]["num_classes"] == 3
+    assert a["preset"] == "tiny_classic" and a["config"]["head"]["num_classes"] == 3
     assert a["classes"] == [{"id": 1, "name": "ellipse"}, {"id": 3, "name": "rectangle"}, {"id": 7, "name": "triangle"}]
     # the resumed process really continued from the checkpoint (it did not train from scratch)
     lines = [json.loads(x) for x in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
@@ -129,7 +129,7 @@ def test_resume_without_checkpoint_or_with_other_settings_is_refused(small_data,
 
     args = _train_cmd(small_data, tmp_path / "none", "--resume")[3:]
     assert main(args) == 2
-    save_checkpoint({"config": {}, "classes": [], "model": {}, "data": {"seed": 99}, "preset": "tiny"},
+    save_checkpoint({"config": {}, "classes": [], "model": {}, "data": {"seed": 99}, "preset": "tiny_classic"},
                     tmp_path / "none" / "last.pth")
     assert main(args) == 2
 
@@ -186,10 +186,10 @@ def test_weights_flag_takes_matching_tensors_only(tmp_path):
     from sipmask.train.trainer import _load_init_weights
 
     torch.manual_seed(0)
-    source = build_model("tiny", num_classes=3)
+    source = build_model("tiny_classic", num_classes=3)
     save_checkpoint({"config": source.cfg.to_dict(), "classes": [], "model": source.state_dict()}, tmp_path / "w.pth")
     torch.manual_seed(1)
-    target = build_model("tiny", num_classes=5)
+    target = build_model("tiny_classic", num_classes=5)
     report = _load_init_weights(target, str(tmp_path / "w.pth"))
     skipped = [k for k, _, _ in report.reshaped]
     assert skipped == ["head.cls_logits.bias", "head.cls_logits.weight"] and not report.new and not report.unused

@@ -54,7 +54,7 @@ def test_rescale_size_follows_mmcv_imrescale():
 
 
 def test_high_accuracy_recipe_multiscale_flip_consistent():
-    cfg = get_preset("tiny").input  # keep-ratio, short edge drawn from [288, 352]
+    cfg = get_preset("tiny_classic").input  # keep-ratio, short edge drawn from [288, 352]
     transform = TrainTransform(cfg)
     shorts, flips = set(), 0
     for seed in range(40):
@@ -77,7 +77,7 @@ def test_single_scale_recipe_uses_the_preset_size():
 
 
 def test_seeded_transforms_are_deterministic():
-    for preset in ("tiny", "mm_r50_ssd_6x"):
+    for preset in ("tiny_classic", "mm_r50_ssd_6x"):
         transform = TrainTransform(get_preset(preset).input)
         a = transform(_sample(), torch.Generator().manual_seed(7))
         b = transform(_sample(), torch.Generator().manual_seed(7))
@@ -134,4 +134,4 @@ def test_unknown_augment_is_rejected():
     from sipmask.errors import ConfigError
 
     with pytest.raises(ConfigError, match="input.augment must be one of 'flip', 'ssd'; got 'mosaic'"):
-        TrainTransform(replace(get_preset("tiny").input, augment="mosaic"))
+        TrainTransform(replace(get_preset("tiny_classic").input, augment="mosaic"))

@@ -27,11 +27,11 @@ FRAMES = 6
 def save_ytvis_checkpoint(path: Path, seed: int = 0) -> Path:
     """Random-weight `tiny` (an image model) with the synthetic YouTube-VIS classes and category ids."""
     torch.manual_seed(seed)
-    model = sipmask.build_model("tiny", num_classes=len(CATEGORIES), input__test_scale=(96, 64)).eval()
+    model = sipmask.build_model("tiny_classic", num_classes=len(CATEGORIES), input__test_scale=(96, 64)).eval()
     with torch.no_grad():
         model.head.bbox_pred.bias.fill_(2.0)
     classes = [{"id": cid, "name": name} for cid, name in CATEGORIES]
-    return save_checkpoint({"preset": "tiny", "config": model.cfg.to_dict(), "classes": classes,
+    return save_checkpoint({"preset": "tiny_classic", "config": model.cfg.to_dict(), "classes": classes,
                             "model": model.state_dict()}, path)
 
 

@@ -69,7 +69,7 @@ def test_video_preset_with_coco_data_and_image_preset_with_video_data_are_refuse
                 "--train-ann", str(coco["train_ann"]), "--out", str(tmp_path / "a"), "--iters", "1")
     err = capsys.readouterr().err
     assert code == 2 and "is a COCO file, but --config tiny_vis is a video model" in err
-    code = _cli("train", "--config", "tiny", "--train-images", str(videos["train_images"]),
+    code = _cli("train", "--config", "tiny_classic", "--train-images", str(videos["train_images"]),
                 "--train-ann", str(videos["train_ann"]), "--out", str(tmp_path / "b"), "--iters", "1")
     err = capsys.readouterr().err
     assert code == 2 and "is a YouTube-VIS file, but --config tiny is an image model" in err
@@ -120,7 +120,7 @@ def test_video_model_starts_from_an_image_checkpoint(videos, tmp_path, capsys):
     """--weights IMAGE_CKPT: the shared tensors are loaded, the tracking branch starts fresh and a class
     layer of another size is re-initialised; one line says which."""
     torch.manual_seed(0)
-    image_model = build_model("tiny", num_classes=7)
+    image_model = build_model("tiny_classic", num_classes=7)
     save_checkpoint({"config": image_model.cfg.to_dict(), "classes": [{"id": i + 1, "name": f"c{i}"} for i in range(7)],
                      "model": image_model.state_dict()}, tmp_path / "image.pth")
     args = _train_args(videos, tmp_path / "run", "--weights", str(tmp_path / "image.pth"))

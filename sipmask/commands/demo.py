@@ -1,4 +1,4 @@
-"""`sipmask demo`: synthetic data -> train `tiny_rt` (on the CPU, or the GPU when there is one) -> COCO AP -> drawn predictions."""
+"""`sipmask demo`: synthetic data -> train `tiny` (on the CPU, or the GPU when there is one) -> COCO AP -> drawn predictions."""
 from __future__ import annotations
 
 import argparse
@@ -19,15 +19,15 @@ DEMO_MINUTES = 8.5
 #: docs/training-cpu.md), float32 with one warning on other CPUs, float16 on a GPU.
 DEMO_AMP = True
 #: Input size of the demo's model: its shapes are 16-40% of the 320-px side, so about 256 px keeps
-#: them >= 40 px while a step costs less (8.5 minutes of `tiny`: 781 steps and mask AP 0.434 at about
-#: 256 px, 598 and 0.324 at 320). About 224 px gave `tiny_rt` more steps but no better AP in two runs
+#: them >= 40 px while a step costs less (8.5 minutes of `tiny_classic`: 781 steps and mask AP 0.434 at
+#: about 256 px, 598 and 0.324 at 320). About 224 px gave `tiny` more steps but no better AP in two runs
 #: (0.489, 0.434 against 0.468, 0.497 at 256; docs/training-cpu.md, rows 9, 10, 13 and 14).
 DEMO_INPUT = {"input__train_scales": ((427, 224), (427, 288)), "input__test_scale": (427, 256)}
-#: The demo's preset: `tiny_rt`, the real-time `tiny` (3/4-width ResNet-18, depthwise-separable
-#: head), learns as fast per step as `tiny` on this data and takes 0.81x as long a step, so the budget
-#: gives it about 27% more steps (8.5 minutes: 994 steps, mask AP 0.468, against 781 and 0.434 for
-#: `tiny`; docs/training-cpu.md, rows 10 and 13).
-DEMO_CONFIG = "tiny_rt"
+#: The demo's preset: `tiny`, the real-time network (3/4-width ResNet-18, depthwise-separable head),
+#: learns as fast per step as `tiny_classic` on this data and takes 0.81x as long a step, so the
+#: budget gives it about 27% more steps (8.5 minutes: 994 steps, mask AP 0.468, against 781 and 0.434
+#: for `tiny_classic`; docs/training-cpu.md, rows 10 and 13).
+DEMO_CONFIG = "tiny"
 DEMO_DRAWN = 8
 #: Drawings show confident detections only (evaluation still uses every detection, as COCO AP wants).
 DEMO_DRAW_SCORE_THR = 0.3

@@ -1,6 +1,7 @@
 """ResNet backbone (18/34/50/101/152) in pytorch or caffe style, with frozen stages, frozen BN and optional DCN."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,8 +29,8 @@ BnFactory = Callable[[int], nn.Module]
 def _norm(channels: int, cfg: BackboneConfig) -> nn.Module:
     """The backbone's norm layer: BatchNorm (frozen, with buffers for affine terms, for
     SipMask-benchmark) or GroupNorm (cfg.norm == "gn")."""
-    if cfg.norm == "gn":
-        return nn.GroupNorm(GN_GROUPS, channels)
+    if cfg.norm == "gn":  # 32 groups, or as many as divide the channels (a narrow ResNet: 48 -> 16)
+        return nn.GroupNorm(math.gcd(GN_GROUPS, channels), channels)
     if cfg.frozen_bn_buffers:
         return FrozenBatchNorm2d(channels, eps=cfg.bn_eps)
     return nn.BatchNorm2d(channels, eps=cfg.bn_eps)

@@ -11,7 +11,7 @@ The MKL setting matters beyond the worker: MKL takes its thread count from its o
 setting, not from OpenMP's per-thread one, so a matrix product on the worker started a second
 OpenMP team of torch's size. With more OpenMP threads than cores, GNU OpenMP stops spin-waiting at
 its barriers (futex sleeps instead), and every parallel op of the caller's network got slower from
-then on: 44 -> 72 ms for `tiny_rt` at 320 px on 2 cores, for the rest of the process.
+then on: 44 -> 72 ms for `tiny` at 320 px on 2 cores, for the rest of the process.
 
 Where no OpenMP runtime can be found (not Linux, or a torch build without OpenMP), `run` calls the
 function on the caller's thread, unchanged.
