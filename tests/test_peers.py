@@ -156,7 +156,7 @@ def test_missing_ultralytics_skips_each_yolo_row_by_name(monkeypatch):
         build_yolo("yolo11n-seg.yaml")
     assert err.value.name == "yolo11n-seg" and "not installed" in err.value.reason
     assert str(err.value).startswith("yolo11n-seg: skipped (")
-    missing = _script().check_peers(["tiny_classic", "maskrcnn_r18_gn", *[m.removesuffix(".yaml") for m in YOLO_MODELS]])
+    missing = _script().check_peers(["tiny", "maskrcnn_r18_gn", *[m.removesuffix(".yaml") for m in YOLO_MODELS]])
     assert sorted(missing) == ["yolo11n-seg", "yolo26n-seg"]
 
 
@@ -300,7 +300,7 @@ def _fake_report() -> dict:
         "latency": {"predict_ms": 80.04, "detections": 100, "network_ms": 30.0, "postprocess_ms": 45.0, "calls": 15}}
     return {"command": "train_vs_peers.py --minutes 1", "options": {"minutes": 1.0, "threads": 2},
             "data": "synthetic", "machine": {"cpu": "a CPU", "cpu_count": 2},
-            "rows": [ok("tiny_classic", 0.3, 60.0), ok("maskrcnn_r18_gn", 0.2, 61.0),
+            "rows": [ok("tiny", 0.3, 60.0), ok("maskrcnn_r18_gn", 0.2, 61.0),
                      {"name": "yolo26n-seg", "description": "", "status": "skipped",
                       "reason": "ultralytics: not installed", "curve": [], "metrics": None, "latency": None}],
             "notes": ["a note"]}
@@ -428,6 +428,8 @@ def test_bench_missing_yolo_weights_is_one_line(tmp_path, capsys):
     from sipmask.cli import main
 
     missing = tmp_path / "nope.pt"
+    before = torch.get_num_threads()
     assert main(["bench", "--config", "tiny_classic", "--size", "64", "--runs", "1", "--no-maskrcnn",
-                 "--yolo-weights", str(missing)]) == 2
+                 "--threads", str(before + 1), "--yolo-weights", str(missing)]) == 2
     assert capsys.readouterr().err.strip() == f"error: --yolo-weights: {missing}: no such weights file"
+    assert torch.get_num_threads() == before  # the bench gives the process its thread count back

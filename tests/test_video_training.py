@@ -72,7 +72,7 @@ def test_video_preset_with_coco_data_and_image_preset_with_video_data_are_refuse
     code = _cli("train", "--config", "tiny_classic", "--train-images", str(videos["train_images"]),
                 "--train-ann", str(videos["train_ann"]), "--out", str(tmp_path / "b"), "--iters", "1")
     err = capsys.readouterr().err
-    assert code == 2 and "is a YouTube-VIS file, but --config tiny is an image model" in err
+    assert code == 2 and "is a YouTube-VIS file, but --config tiny_classic is an image model" in err
     assert "Traceback" not in err and not (tmp_path / "a" / "last.pth").exists()
 
 

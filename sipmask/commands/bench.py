@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "pip install -e '.[peers]')")
     p.add_argument("--yolo-weights", action="append", default=[], metavar="PT",
                    help="time this trained ultralytics YOLO-seg file instead of its model's random weights "
-                   "(e.g. from benchmarks/train_vs_peers.py; repeatable)")
+                   "(e.g. from benchmarks/train_vs_peers.py; repeatable). ultralytics unpickles these "
+                   "files with code execution: pass only files you made or trust")
     p.add_argument("--json-out", default=None, metavar="FILE")
     p.set_defaults(func=run)
 

@@ -219,9 +219,18 @@ def tracker_update_ms(name: str, tracks: int = BENCH_LIVE_TRACKS, calls: int = B
 
 
 def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Time everything `opts` asks for; returns a JSON-ready dict of medians, per-run figures and ratios."""
-    threads = opts.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    """Time everything `opts` asks for; returns a JSON-ready dict of medians, per-run figures and ratios.
+    Runs with `opts.threads` torch threads (default: all cores) and gives the process its own count back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(opts.threads or os.cpu_count() or 1)
+    try:
+        return _run_benchmark(opts, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None) -> dict[str, Any]:
+    threads = torch.get_num_threads()
     predictor, ort, bf16 = _sipmask_predictors(opts)
     device = predictor.device
     timer = _Timer(device)

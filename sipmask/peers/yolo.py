@@ -187,7 +187,8 @@ def train_yolo(yaml_name: str, data_yaml: str | os.PathLike, out: str | os.PathL
 
 def load_yolo(weights: str | os.PathLike) -> Any:
     """A trained YOLO model from a local .pt file (ultralytics downloads only names it does not find
-    on disk, so the file must exist)."""
+    on disk, so the file must exist). ultralytics reads it with a full unpickle, which can run code:
+    unlike the package's own checkpoints (`weights_only=True`), only files one trusts belong here."""
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
