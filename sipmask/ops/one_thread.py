@@ -64,8 +64,8 @@ def openmp_runtime() -> Any:
 
 
 def _mkl_function(name: str) -> Any:
-    """MKL's C function `name` (taking its int by reference) from the loaded torch library, or None
-    (a torch built without MKL, or not Linux)."""
+    """MKL's function `name` from the loaded torch library (its exported names take int arguments by
+    reference), or None (a torch built without MKL, or not Linux)."""
     try:
         with open("/proc/self/maps") as maps:
             paths = sorted({line.split()[-1] for line in maps if "libtorch_cpu" in line})
