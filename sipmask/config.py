@@ -593,10 +593,17 @@ def list_presets() -> list[SipMaskConfig]:
     return list(PRESETS.values())
 
 
+#: Preset names that changed: old name -> the preset it is now.
+RENAMED_PRESETS = {"tiny_rt": "tiny"}
+
+
 def get_preset(name: str) -> SipMaskConfig:
     try:
         return PRESETS[name]
     except KeyError:
+        if name in RENAMED_PRESETS:
+            raise ConfigError(f"config {name!r} is now called {RENAMED_PRESETS[name]!r} (the first 'tiny' is "
+                              "'tiny_classic'); checkpoints trained with it load as they are") from None
         raise ConfigError(
             f"unknown config {name!r}; choose one of: {', '.join(PRESETS)}"
         ) from None

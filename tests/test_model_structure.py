@@ -63,6 +63,8 @@ def test_grid_sets_coefficient_channels(grid):
 def test_bad_overrides_are_named():
     with pytest.raises(ConfigError, match="unknown config"):
         sipmask.build_model("r50_nonexistent")
+    with pytest.raises(ConfigError, match="'tiny_rt' is now called 'tiny'"):
+        sipmask.build_model("tiny_rt")
     with pytest.raises(ConfigError, match="no field 'gird'"):
         sipmask.build_model("tiny_classic", head__gird=2)
     with pytest.raises(ConfigError, match="grid must be >= 1"):

@@ -134,6 +134,27 @@ def test_resume_without_checkpoint_or_with_other_settings_is_refused(small_data,
     assert main(args) == 2
 
 
+def test_resume_compares_the_config_not_the_preset_name(small_data, tmp_path, capsys):
+    """A run resumes under a renamed preset with the same config (tiny_rt -> tiny), and not under the
+    same preset name with another network."""
+    from sipmask.cli import main
+
+    out = tmp_path / "run"
+    args = _train_cmd(small_data, out, "--iters", "2")[3:]
+    assert main(args) == 0
+    path = out / "last.pth"
+    state = read_checkpoint(path)
+    state["preset"], state["config"]["name"] = "tiny_old_name", "tiny_old_name"
+    save_checkpoint(state, path)
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert "another config" not in capsys.readouterr().err
+    state["config"]["head"]["grid"] = 3  # another network under the old name
+    save_checkpoint(state, path)
+    assert main([*args, "--resume"]) == 2
+    assert "was trained with --config 'tiny_old_name' and its --set values, another config" in capsys.readouterr().err
+
+
 # -- atomic saving, safe loading --------------------------------------------------------------
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

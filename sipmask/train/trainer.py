@@ -59,6 +59,21 @@ BEST_METRIC = ("segm", "AP")
 AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
 
 
+def _same_network_and_recipe(state: dict[str, Any], cfg: SipMaskConfig) -> bool:
+    """Whether a checkpoint's config is `cfg` up to the preset's name and description (a preset that
+    was renamed, e.g. tiny_rt -> tiny, resumes under its new name); checkpoints without a stored
+    config compare preset names."""
+    stored = state.get("config")
+    if not isinstance(stored, dict) or not stored:
+        return state.get("preset") == cfg.name
+
+    def body(config: dict[str, Any]) -> dict[str, Any]:
+        plain = json.loads(json.dumps(config))  # (tuples and lists alike)
+        return {k: v for k, v in plain.items() if k not in ("name", "description")}
+
+    return body(stored) == body(cfg.to_dict())
+
+
 class TrainingError(SipMaskError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
@@ -413,8 +428,9 @@ class _Trainer:
                     f"{path}: was written with {key}={data.get(key)!r} but this run has {key}={mine!r}; "
                     "resume with the same data, --seed and --batch-size"
                 )
-        if state.get("preset") != self.cfg.name:
-            raise CheckpointError(f"{path}: was trained with --config {state.get('preset')!r}, not {self.cfg.name!r}")
+        if not _same_network_and_recipe(state, self.cfg):
+            raise CheckpointError(f"{path}: was trained with --config {state.get('preset')!r} and its --set values, "
+                                  f"another config than this run's (--config {self.cfg.name!r}); resume with the same ones")
         budget_s = state.get("schedule", {}).get("budget_s")
         if budget_s is not None or self.opts.minutes is not None:
             ran = f"a --minutes {budget_s / 60:g} run" if budget_s is not None else "not a --minutes run"
