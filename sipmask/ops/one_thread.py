@@ -39,46 +39,43 @@ _runtime: Any = None
 _runtime_searched = False
 
 
-def openmp_runtime() -> Any:
-    """The OpenMP runtime loaded in this process (a ctypes library with omp_set_num_threads), or None."""
-    global _runtime, _runtime_searched
-    if _runtime_searched:
-        return _runtime
-    _runtime_searched = True
+def _loaded_function(library_prefixes: tuple[str, ...], name: str) -> Any:
+    """The C function `name` of the first shared library loaded in this process whose file name
+    starts with one of `library_prefixes` and exports it (ctypes, the library's existing handle), or
+    None (no such library, or not Linux)."""
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "/" in line}
     except OSError:
         return None
     for path in sorted(paths):
-        name = path.rsplit("/", 1)[-1]
-        if name.startswith(OPENMP_LIBRARIES) and ".so" in name:
+        file_name = path.rsplit("/", 1)[-1]
+        if file_name.startswith(library_prefixes) and ".so" in file_name:
             try:
-                library = ctypes.CDLL(path)  # already loaded: the same handle, no second copy
-                library.omp_set_num_threads.argtypes = [ctypes.c_int]
+                return getattr(ctypes.CDLL(path), name)  # already loaded: the same handle, no second copy
             except (OSError, AttributeError):
                 continue
-            _runtime = library
-            break
+    return None
+
+
+def openmp_runtime() -> Any:
+    """omp_set_num_threads of the OpenMP runtime loaded in this process (ctypes), or None."""
+    global _runtime, _runtime_searched
+    if not _runtime_searched:
+        _runtime_searched = True
+        _runtime = _loaded_function(OPENMP_LIBRARIES, "omp_set_num_threads")
+        if _runtime is not None:
+            _runtime.argtypes = [ctypes.c_int]
     return _runtime
 
 
 def _mkl_function(name: str) -> Any:
     """MKL's function `name` from the loaded torch library (its exported names take int arguments by
-    reference), or None (a torch built without MKL, or not Linux)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "libtorch_cpu" in line})
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            fn = getattr(ctypes.CDLL(path), name)  # already loaded: the same handle
-        except (OSError, AttributeError):
-            continue
+    reference), or None (a torch built without MKL)."""
+    fn = _loaded_function(("libtorch_cpu",), name)
+    if fn is not None:
         fn.restype = ctypes.c_int
-        return fn
-    return None
+    return fn
 
 
 def _start_one_thread_team() -> None:
@@ -86,7 +83,7 @@ def _start_one_thread_team() -> None:
     global one on a thread's first use), then this thread's OpenMP team to one thread, and MKL's
     thread count on this thread to one as well."""
     torch.get_num_threads()
-    openmp_runtime().omp_set_num_threads(1)
+    openmp_runtime()(1)
     set_local = _mkl_function("mkl_set_num_threads_local")
     if set_local is not None:
         set_local(ctypes.byref(ctypes.c_int(1)))  # (the exported name takes the count by reference)
