@@ -94,6 +94,9 @@ class HeadConfig:
     separable_towers: bool = False
     separable_predictors: bool = False
     separable_align: bool = False
+    # A training-only 1x1 conv on P3 that classifies every pixel (loss.semantic_weight; not official,
+    # YOLACT's auxiliary semantic segmentation loss); it never runs at inference.
+    semantic_branch: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,9 @@ class LossConfig:
     # mask is learnt where the test crops it) or "gt" (as YOLACT: the mask branch learns from the
     # first step, before the box regression has found the objects).
     mask_crop: str = "predicted"
+    # Weight of loss_semantic (head.semantic_branch): per-pixel, per-class BCE of the P3 logits
+    # against the fraction of each stride-8 cell that the class's GT masks cover.
+    semantic_weight: float = 1.0
     # "mmdet" (SipMask-mmdetection / VIS): focal / (num_pos + num_imgs), centerness-weighted box
     # loss and mean centerness BCE, all per process; mask weights w / (sum w + 1e-4) * N.
     # "benchmark" (SipMask-benchmark): focal and centerness sums / max(mean num_pos over processes, 1),

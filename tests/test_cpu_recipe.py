@@ -191,3 +191,48 @@ def test_kaiming_backbone_init_starts_every_residual_block_as_the_identity():
     assert float(default.layer3[1].conv1.weight.std()) < 0.7 * math.sqrt(2.0 / (9 * 256))
     with pytest.raises(ConfigError, match="backbone.init"):
         get_preset("tiny_classic").with_overrides(backbone__init="xavier")
+
+
+def test_semantic_targets_mark_each_class_by_the_share_of_a_cell_its_masks_cover():
+    from sipmask.model.semantic_loss import semantic_targets
+
+    masks = torch.zeros(3, 30, 40, dtype=torch.uint8)  # smaller than the padded 32 x 48 input
+    masks[0, 0:8, 0:8] = 1  # class 2: all of cell (0, 0)
+    masks[1, 8:10, 8:12] = 1  # class 2 again: 8 of cell (1, 1)'s 64 pixels
+    masks[2, 0:4, 0:8] = 1  # class 0: half of cell (0, 0), under the class-2 object
+    target = semantic_targets([masks, masks[:0]], [torch.tensor([2, 2, 0]), torch.zeros(0, dtype=torch.long)],
+                              num_classes=3, size=(4, 6), stride=8)
+    assert target.shape == (2, 3, 4, 6)
+    expected = torch.zeros(3, 4, 6)
+    expected[2, 0, 0], expected[2, 1, 1], expected[0, 0, 0] = 1.0, 8 / 64, 0.5
+    assert torch.equal(target[0], expected)
+    assert torch.equal(target[1], torch.zeros(3, 4, 6))  # an image without objects: all background
+
+
+def test_semantic_branch_trains_the_backbone_and_never_runs_at_inference():
+    from tests.test_overfit import box_of, touching_objects
+
+    image, masks = touching_objects()
+    target = {"boxes": torch.tensor([box_of(m) for m in masks], dtype=torch.float32),
+              "labels": torch.zeros(2, dtype=torch.long), "masks": torch.from_numpy(masks.astype("uint8"))}
+    x = torch.from_numpy(image).permute(2, 0, 1).float()
+    losses = {}
+    for weight in (1.0, 2.0):
+        torch.manual_seed(0)
+        model = build_model(get_preset("tiny").with_overrides(
+            head__semantic_branch=True, loss__semantic_weight=weight, num_classes=1)).train()
+        losses[weight] = model([x], [target])
+    loss = losses[1.0]["loss_semantic"]
+    assert 0 < float(loss) < 10 and float(losses[2.0]["loss_semantic"]) == pytest.approx(2 * float(loss), rel=1e-5)
+    for key in ("loss_cls", "loss_bbox", "loss_centerness", "loss_mask"):  # the other losses are untouched
+        assert float(losses[2.0][key]) == pytest.approx(float(losses[1.0][key]), rel=1e-6)
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny").with_overrides(head__semantic_branch=True, num_classes=1)).train()
+    model([x], [target])["loss_semantic"].backward()
+    assert float(model.backbone.conv1.weight.grad.abs().sum()) > 0  # a dense signal for the backbone
+    model.eval()
+    with torch.no_grad():
+        assert model([x]).semantic is None
+    # official and default presets have no such branch: their checkpoints keep their keys
+    plain = build_model(get_preset("tiny").with_overrides(num_classes=1))
+    assert not any("semantic" in k for k in plain.state_dict())

@@ -16,6 +16,7 @@ from sipmask.model.losses import (
 )
 from sipmask.model.mask_loss import MaskLossInputs, kept_positives, mask_alignment_loss, rescoring_loss
 from sipmask.model.match_loss import MatchTargets, match_loss
+from sipmask.model.semantic_loss import semantic_loss, semantic_targets
 from sipmask.model.targets import Targets, centerness_targets, fcos_targets, level_points
 
 #: The basis canvas is at half the input resolution (official stride-2 basis masks).
@@ -117,7 +118,17 @@ class SipMaskCriterion:
         if match is not None and match.ref_track.dtype in REDUCED_DTYPES:
             match = match._replace(ref_track=match.ref_track.float())
         with torch.autocast(out.basis.device.type, enabled=False):
-            return self._losses(out.float32(), gt_boxes, gt_labels, gt_masks, rescoring, match)
+            out = out.float32()
+            losses = self._losses(out, gt_boxes, gt_labels, gt_masks, rescoring, match)
+            if out.semantic is not None:
+                losses["loss_semantic"] = self._semantic(out.semantic, gt_masks, gt_labels)
+            return losses
+
+    def _semantic(self, logits: Tensor, gt_masks: list[Tensor], gt_labels: list[Tensor]) -> Tensor:
+        """The auxiliary semantic loss of the P3 logits [B, C, h, w] (head.semantic_branch)."""
+        targets = semantic_targets(gt_masks, gt_labels, logits.shape[1], tuple(logits.shape[-2:]),
+                                   self.head_cfg.strides[0])
+        return semantic_loss(logits, targets) * self.cfg.semantic_weight
 
     def _losses(
         self,

@@ -38,7 +38,9 @@ class HeadOutput(NamedTuple):
     basis: [B, num_bases, H/2, W/2] (>= 0); track: [B, E, H/8, W/8] embedding map of a video
     model (head.track_channels = E > 0), None for an image model; basis_coarse: [B, num_bases,
     H/8, W/8], the basis before its x4 bilinear upsampling (basis = upsample(basis_coarse)), which
-    the real-time mask path assembles from (None where the network does not give it, e.g. ONNX).
+    the real-time mask path assembles from (None where the network does not give it, e.g. ONNX);
+    semantic: [B, C, H/8, W/8] class logits of every P3 pixel from the training-only semantic
+    branch (head.semantic_branch, in training mode; None otherwise).
     """
 
     cls_logits: list[Tensor]
@@ -48,15 +50,18 @@ class HeadOutput(NamedTuple):
     basis: Tensor
     track: Tensor | None = None
     basis_coarse: Tensor | None = None
+    semantic: Tensor | None = None
 
     def float32(self) -> "HeadOutput":
         """These outputs with every bfloat16 / float16 tensor cast to float32 (the others as they are)."""
         def up(t: Tensor) -> Tensor:
             return t.float() if t.dtype in REDUCED_DTYPES else t
 
+        def up_optional(t: Tensor | None) -> Tensor | None:
+            return up(t) if t is not None else None
+
         return HeadOutput(*([up(t) for t in group] for group in self[:4]), up(self.basis),
-                          up(self.track) if self.track is not None else None,
-                          up(self.basis_coarse) if self.basis_coarse is not None else None)
+                          up_optional(self.track), up_optional(self.basis_coarse), up_optional(self.semantic))
 
 
 class FeatureAlign(nn.Module):
@@ -185,6 +190,9 @@ class SipMaskHead(nn.Module):
             TrackingBranch(in_channels, feat, cfg.stacked_convs - 1, cfg.track_channels, gn, bias)
             if cfg.track_channels > 0 else None
         )
+        # Training-only auxiliary (YOLACT's semantic segmentation loss): a 1x1 conv classifying every
+        # P3 pixel, so that the backbone gets a dense signal of where each class is from the first step.
+        self.semantic = nn.Conv2d(in_channels, cfg.num_classes, 1) if cfg.semantic_branch else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -197,6 +205,9 @@ class SipMaskHead(nn.Module):
             if conv.bias is not None:
                 nn.init.zeros_(conv.bias)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - CLASS_PRIOR_PROB) / CLASS_PRIOR_PROB))
+        if self.semantic is not None:
+            nn.init.normal_(self.semantic.weight, std=0.01)
+            nn.init.constant_(self.semantic.bias, -math.log((1 - CLASS_PRIOR_PROB) / CLASS_PRIOR_PROB))
         if self.cfg.basis_init == "kaiming":
             for conv in (self.basis.lateral, self.basis.out):
                 nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
@@ -237,4 +248,6 @@ class SipMaskHead(nn.Module):
                 basis_feats.append(reg_feat)
         track = self.tracking(feats) if self.tracking is not None else None
         coarse = self.basis.coarse(basis_feats)
-        return HeadOutput(cls_logits, distances, centerness, coefs, self.basis.upsample(coarse), track, coarse)
+        semantic = self.semantic(feats[0]) if self.semantic is not None and self.training else None
+        return HeadOutput(cls_logits, distances, centerness, coefs, self.basis.upsample(coarse), track, coarse,
+                          semantic)
