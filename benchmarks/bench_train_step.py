@@ -131,15 +131,16 @@ class _Runner:
                 "backward": t5 - t4, "optimiser": t6 - t5, "step": t6 - t0, "cpu": time.process_time() - cpu0}
 
 
-def _data(config: str, batch: int, size: int, images: int, tmp: str):
-    """(preset, dataset) of `images` synthetic COCO images of side `size` with the preset's train transform."""
+def _data(config: str, batch: int, size: int, images: int, tmp: str, overrides: dict | None = None):
+    """(preset, dataset) of `images` synthetic COCO images of side `size` with the preset's train transform
+    (the preset with `overrides`, as `sipmask train --set`)."""
     from sipmask.config import get_preset
     from sipmask.data.coco import CocoDataset
     from sipmask.data.synth_coco import write_synthetic_coco
     from sipmask.data.transforms import TrainTransform
 
     paths = write_synthetic_coco(Path(tmp) / "data", num_images=max(images, batch), size=size, seed=0, val_images=1)
-    preset = get_preset(config)
+    preset = get_preset(config).with_overrides(**(overrides or {}))
     return preset, CocoDataset(paths["train_images"], paths["train_ann"], TrainTransform(preset.input), seed=0)
 
 
@@ -306,6 +307,8 @@ def _print_table(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="tiny")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION__FIELD=JSON",
+                        help="override a preset value as `sipmask train --set` does (repeatable)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
@@ -330,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        preset, dataset = _data(args.config, args.batch, args.size, args.images, tmp)
+        from sipmask.commands.train import parse_overrides
+
+        preset, dataset = _data(args.config, args.batch, args.size, args.images, tmp, parse_overrides(args.overrides))
         items = [dataset[i] for i in range(args.batch)]
         images = [it[0] for it in items]
         targets = [it[1] for it in items]

@@ -360,3 +360,26 @@ def test_workspace_serves_inference_mode_and_no_grad_alike() -> None:
     for context in (torch.inference_mode, torch.no_grad, torch.inference_mode):
         with context():
             torch.testing.assert_close(layer(x, offset), expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("needs", ["both", "rows", "weight"])
+def test_sample_gather_backward_equals_embedding_bags(needs: str) -> None:
+    """The gather's own backward (sorted transpose) gives embedding_bag's gradients, rows hit many times or never."""
+    from sipmask.ops.deform_conv import _SampleGather
+
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(50, 8, generator=gen)
+    index = torch.randint(0, 40, (300, 4), generator=gen, dtype=torch.int32)  # rows 40-49 never read
+    weight = torch.rand(300, 4, generator=gen)
+    grad = torch.randn(300, 8, generator=gen)
+    grads = []
+    for fn in (_SampleGather.apply,
+               lambda r, i, w: torch.nn.functional.embedding_bag(i, r, mode="sum", per_sample_weights=w)):
+        r = rows.clone().requires_grad_(needs in ("both", "rows"))
+        w = weight.clone().requires_grad_(needs in ("both", "weight"))
+        leaves = [t for t in (r, w) if t.requires_grad]
+        grads.append(torch.autograd.grad(fn(r, index, w), leaves, grad))
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    if needs != "weight":
+        assert torch.equal(grads[0][0][40:], torch.zeros(10, 8))

@@ -411,15 +411,18 @@ def test_bench_times_the_yolo_rows_beside_sipmask():
     from sipmask.inference.benchmark import BenchOptions, format_report, run_benchmark
 
     report = run_benchmark(BenchOptions(config="tiny_classic", size=128, runs=2, warmup=1, threads=1, detections=20,
-                                        maskrcnn=False, yolo=True))
+                                        maskrcnn=False, yolo=True, bf16=True))
     assert report["yolo_skipped"] == {}
     for name in ("yolo26n-seg", "yolo11n-seg"):
         assert len(report["runs_s"][name]) == 2 and report["median_s"][name] > 0
         assert report["median_s"][f"{name}_inference"] > 0 and report["median_s"][f"{name}_postprocess"] > 0
         assert report["ratios"][f"predict_over_{name}"] == report["median_s"]["predict"] / report["median_s"][name]
+        assert report["ratios"][f"bf16_predict_over_{name}"] == (
+            report["median_s"]["bf16_predict"] / report["median_s"][name])
         assert 0 <= report["detections"][name] <= 20
     short = [n for n in ("yolo26n-seg", "yolo11n-seg") if report["detections"][n] < 20]
     assert ("predict_le_0.8_fastest_yolo" in report["acceptance"]) == (not short)
+    assert ("bf16_predict_le_0.8_fastest_yolo_within_tolerance" in report["acceptance"]) == (not short)
     assert bool(report["notes"]) == bool(short)
     assert "yolo11n-seg" in format_report(report)
 

@@ -81,7 +81,7 @@ def _process_is_this_command() -> bool:
     return started_as_sipmask and sys.argv[1:2] == ["train"]
 
 
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
+def parse_overrides(items: list[str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
         progress=args.progress,
-        overrides=_parse_overrides(args.overrides),
+        overrides=parse_overrides(args.overrides),
         pre_train_s=process_age_s() if _process_is_this_command() else 0.0,
     )
     summary = train(options)

@@ -375,6 +375,10 @@ def _run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None) -
             ratios[f"predict_over_{name}"] = median["predict"] / median[name]
             ratios[f"predict_over_{name}_run_median"] = _median([p / y for p, y in zip(whole, values)])
             ratios[f"network_over_{name}_inference"] = median["network"] / median[f"{name}_inference"]
+            if bf16 is not None:  # the bfloat16 network (--bf16) against the same YOLO runs
+                ratios[f"bf16_predict_over_{name}"] = median["bf16_predict"] / median[name]
+                ratios[f"bf16_predict_over_{name}_run_median"] = _median(
+                    [b / y for b, y in zip(bf16_times["bf16_predict"], values)])
         short = {name: counts[name] for name in yolo_times if counts[name] != opts.detections}
         if short:
             notes.append(f"YOLO rows returned fewer than {opts.detections} detections ({short}) at conf=0: "
@@ -385,6 +389,14 @@ def _run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None) -
             fastest = min(median[name] for name in yolo_times)
             ratios["predict_over_fastest_yolo"] = median["predict"] / fastest
             acceptance["predict_le_0.8_fastest_yolo"] = ratios["predict_over_fastest_yolo"] <= 0.8
+            if bf16 is not None and bf16_check is not None:
+                from sipmask.inference.agreement import within_bf16_tolerance
+
+                # bfloat16 counts only where it ran and its detections match float32's within tolerance
+                ratios["bf16_predict_over_fastest_yolo"] = median["bf16_predict"] / fastest
+                acceptance["bf16_predict_le_0.8_fastest_yolo_within_tolerance"] = bool(
+                    bf16_check["bf16_active"] and within_bf16_tolerance(bf16_check)
+                    and ratios["bf16_predict_over_fastest_yolo"] <= 0.8)
     return {
         "options": {**asdict(opts), "threads": threads},
         "environment": {
