@@ -116,13 +116,18 @@ def test_basis_norm_keeps_every_basis_map_alive(norm):
         assert bool((active == 0).all())
 
 
-def test_mask_weight_scales_only_the_mask_loss():
+def _touching_objects_sample() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """tests/test_overfit.py's two touching objects as a training image [3, H, W] and its target (one class)."""
     from tests.test_overfit import box_of, touching_objects
 
     image, masks = touching_objects()
     target = {"boxes": torch.tensor([box_of(m) for m in masks], dtype=torch.float32),
               "labels": torch.zeros(2, dtype=torch.long), "masks": torch.from_numpy(masks.astype("uint8"))}
-    x = torch.from_numpy(image).permute(2, 0, 1).float()
+    return torch.from_numpy(image).permute(2, 0, 1).float(), target
+
+
+def test_mask_weight_scales_only_the_mask_loss():
+    x, target = _touching_objects_sample()
     losses = {}
     for weight in (1.0, 3.0):
         torch.manual_seed(0)
@@ -210,12 +215,7 @@ def test_semantic_targets_mark_each_class_by_the_share_of_a_cell_its_masks_cover
 
 
 def test_semantic_branch_trains_the_backbone_and_never_runs_at_inference():
-    from tests.test_overfit import box_of, touching_objects
-
-    image, masks = touching_objects()
-    target = {"boxes": torch.tensor([box_of(m) for m in masks], dtype=torch.float32),
-              "labels": torch.zeros(2, dtype=torch.long), "masks": torch.from_numpy(masks.astype("uint8"))}
-    x = torch.from_numpy(image).permute(2, 0, 1).float()
+    x, target = _touching_objects_sample()
     losses = {}
     for weight in (1.0, 2.0):
         torch.manual_seed(0)
