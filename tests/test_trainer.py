@@ -155,6 +155,21 @@ def test_resume_compares_the_config_not_the_preset_name(small_data, tmp_path, ca
     assert "was trained with --config 'tiny_old_name' and its --set values, another config" in capsys.readouterr().err
 
 
+def test_resume_takes_a_config_saved_before_a_field_was_added():
+    """A checkpoint written before a config field existed (here head.semantic_branch and
+    loss.semantic_weight) resumes under this release's preset: the stored config goes through the
+    loader, missing fields take their defaults; a real difference or an unreadable config does not."""
+    from sipmask.train.trainer import _same_network_and_recipe
+
+    cfg = get_preset("tiny").with_overrides(num_classes=3)
+    stored = cfg.to_dict()
+    del stored["head"]["semantic_branch"], stored["loss"]["semantic_weight"]
+    assert _same_network_and_recipe({"config": stored}, cfg)
+    stored["head"]["grid"] = 3
+    assert not _same_network_and_recipe({"config": stored}, cfg)
+    assert not _same_network_and_recipe({"config": {"head": "not a section"}}, cfg)
+
+
 # -- atomic saving, safe loading --------------------------------------------------------------
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -71,6 +71,10 @@ def _same_network_and_recipe(state: dict[str, Any], cfg: SipMaskConfig) -> bool:
         plain = json.loads(json.dumps(config))  # (tuples and lists alike)
         return {k: v for k, v in plain.items() if k not in ("name", "description")}
 
+    try:  # through the loader: a field added since the run started takes its default, as in load_checkpoint
+        stored = SipMaskConfig.from_dict(stored).to_dict()
+    except (ConfigError, TypeError, ValueError, KeyError):
+        return False
     return body(stored) == body(cfg.to_dict())
 
 
