@@ -236,9 +236,9 @@ class _SampleGather(torch.autograd.Function):
     rows: [R, D] table; index: int [N, 4] rows of each bag; weight: [N, 4] -> [N, D]. PyTorch's own
     backward for `rows` (`_embedding_bag_dense_backward`) was 13% of a `tiny` training step on the
     CPU. The gradient of `rows` is the transposed gather, which is itself a gather: the entries
-    sorted by their table row make one bag per row, summed by a forward embedding_bag (the same sums
-    in the same order: bitwise equal to PyTorch's here, about 3x faster at a P3 map of 32x32 with 4
-    offset groups). The gradient of `weight` is PyTorch's own (`per_sample_weights` backward, cheap).
+    sorted by their table row make one bag per row, summed by a forward embedding_bag (the same sums,
+    equal to PyTorch's up to the order of additions within a row: bitwise equal where measured; about
+    3x faster at a P3 map of 32x32 with 4 offset groups). The gradient of `weight` is PyTorch's own (`per_sample_weights` backward, cheap).
     """
 
     @staticmethod
